@@ -1,0 +1,71 @@
+"""The interfaces the core talks to, in one place: the cluster, the notifier, the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from supervisor.types import JobInfo, SubmitRequest
+
+
+class ClusterError(Exception):
+    """The cluster could not answer or refused. ``permanent`` says whether retrying can help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Cluster(Protocol):
+    """A place that runs jobs: SLURM through its CLI, or local processes."""
+
+    kind: str
+
+    def submit(self, request: SubmitRequest) -> str:
+        """Start one job and return its id. Raises ClusterError."""
+        ...
+
+    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
+        """State of the given jobs in one batched query.
+
+        Jobs the cluster no longer knows are absent from the result (unknown, not failed).
+        Raises ClusterError when the cluster did not answer: callers treat that as "unknown".
+        """
+        ...
+
+    def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
+        """Jobs, queued or recently ended, whose name is one of ``tags`` (crash reconciliation)."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job; cancelling a job that already ended is not an error."""
+        ...
+
+
+class NotifyError(Exception):
+    """A channel refused or could not be reached. ``permanent`` says whether retrying can help."""
+
+    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class Channel(Protocol):
+    """One notification destination (Slack, Matrix, a webhook)."""
+
+    kind: str
+
+    def send(self, message: Mapping[str, Any], *, idempotency_key: str) -> None:
+        """Deliver one message. Raises NotifyError."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,109 @@
+"""Plain data shared by the core and the adapters: enums for states, frozen dataclasses for observations."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+
+class RunState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
+
+
+class StageState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptState(enum.StrEnum):
+    SUBMITTING = "submitting"  # intent recorded, sbatch not yet known to have answered
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def live(self) -> bool:
+        return self in (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUNNING)
+
+
+class JobPhase(enum.StrEnum):
+    """A cluster job's state reduced to what the supervisor acts on."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"  # exit code 0
+    FAILED = "failed"  # non-zero exit, node failure, OOM, time limit, preemption ...
+    CANCELLED = "cancelled"
+    HELD = "held"  # pending with a user/admin hold: nobody but an operator does that
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobPhase.COMPLETED, JobPhase.FAILED, JobPhase.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    name: str
+    phase: JobPhase
+    raw_state: str = ""
+    exit_code: int | None = None
+    nodes: str | None = None  # compact hostlist as SLURM prints it, e.g. "node[01-04]"
+    reason: str | None = None
+    submit_time: datetime | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    excluded_nodes: str | None = None
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """Everything a backend needs to start one attempt of one stage."""
+
+    tag: str  # unique job name identifying run/stage/attempt
+    workdir: Path  # the job's working directory
+    log_pattern: str  # absolute path that may contain %j for the job id
+    script: Path | None = None  # an sbatch script (its #SBATCH lines are honoured)
+    command: tuple[str, ...] | None = None  # or a command run on the supervisor's own host
+    sbatch_args: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+class SignatureAction(enum.StrEnum):
+    RESUBMIT = "resubmit"
+    RESUBMIT_EXCLUDE_NODE = "resubmit_exclude_node"
+    FAIL = "fail"
+    FINISH = "finish"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True)
+class LogMatch:
+    """A failure signature or milestone found in a job log."""
+
+    signature: str
+    action: SignatureAction
+    line: int  # 1-based logical line number (lines split on \r and \n)
+    text: str  # the matching line, ANSI-stripped, capped in length
+    node: str | None = None  # a host named in the line, when the signature captures one
+    context: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int | None = None

@@ -1,0 +1,210 @@
+"""The pure decision core: no cluster, no clock, no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from supervisor import core
+from supervisor.core import AttemptView, Observation, Outcome, RunView, StageView
+from supervisor.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def stage(
+    name: str = "train", state: StageState = StageState.RUNNING, attempts: tuple[AttemptView, ...] = (), **kw: object
+) -> StageView:
+    return StageView(
+        name=name,
+        kind="script",
+        state=state,
+        max_attempts=kw.pop("max_attempts", 3),  # type: ignore[arg-type]
+        attempts=attempts,
+        retry_backoff=kw.pop("retry_backoff", 0.0),
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def running(number: int = 1, **kw: object) -> AttemptView:
+    return AttemptView(number=number, state=AttemptState.RUNNING, job_id=str(100 + number), started_at=T0, **kw)  # type: ignore[arg-type]
+
+
+def job(phase: JobPhase, exit_code: int | None = None, nodes: str = "node01") -> JobInfo:
+    return JobInfo(job_id="101", name="t", phase=phase, exit_code=exit_code, nodes=nodes, raw_state=phase.name)
+
+
+def kinds(actions: list[core.Action]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_first_stage_is_submitted_and_run_starts() -> None:
+    run = RunView("r", RunState.PENDING, (stage("a", StageState.PENDING), stage("b", StageState.PENDING)))
+    actions = core.advance(run, T0)
+    assert actions == [core.SetRun(RunState.RUNNING), core.SetStage("a", StageState.RUNNING), core.Submit("a", 1)]
+
+
+def test_next_stage_starts_only_after_previous_succeeded() -> None:
+    done = AttemptView(1, AttemptState.SUCCEEDED, ended_at=T0)
+    run = RunView("r", RunState.RUNNING, (stage("a", StageState.RUNNING, (done,)), stage("b", StageState.PENDING)))
+    assert kinds(core.advance(run, T0)) == ["SetStage", "Emit"]
+    run = RunView("r", RunState.RUNNING, (stage("a", StageState.SUCCEEDED, (done,)), stage("b", StageState.PENDING)))
+    assert core.Submit("b", 1) in core.advance(run, T0)
+
+
+def test_all_stages_succeeded_means_run_succeeded() -> None:
+    done = AttemptView(1, AttemptState.SUCCEEDED, ended_at=T0)
+    run = RunView("r", RunState.RUNNING, (stage("a", StageState.SUCCEEDED, (done,)),))
+    assert core.SetRun(RunState.SUCCEEDED) in core.advance(run, T0)
+
+
+def test_failure_is_retried_until_budget_then_run_fails() -> None:
+    failed = tuple(AttemptView(n, AttemptState.FAILED, ended_at=T0) for n in (1, 2))
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=failed),))
+    assert core.Submit("a", 3) in core.advance(run, T0)
+    failed3 = (*failed, AttemptView(3, AttemptState.FAILED, ended_at=T0))
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=failed3),))
+    actions = core.advance(run, T0)
+    assert core.SetRun(RunState.FAILED) in actions
+    assert "retries_exhausted" in [a.kind for a in actions if isinstance(a, core.Emit)]
+
+
+def test_resubmission_waits_for_exponential_backoff() -> None:
+    failed = (AttemptView(1, AttemptState.FAILED, ended_at=T0), AttemptView(2, AttemptState.FAILED, ended_at=T0))
+    s = stage("a", attempts=failed, retry_backoff=10.0, max_attempts=5)
+    run = RunView("r", RunState.RUNNING, (s,))
+    assert core.backoff(s) == 20.0
+    assert core.advance(run, T0 + timedelta(seconds=19)) == []
+    assert core.Submit("a", 3) in core.advance(run, T0 + timedelta(seconds=21))
+
+
+def test_retry_budget_starts_fresh() -> None:
+    failed = tuple(AttemptView(n, AttemptState.FAILED, ended_at=T0) for n in (1, 2, 3))
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=failed, budget_start=4),))
+    assert core.Submit("a", 4) in core.advance(run, T0)
+
+
+def test_paused_run_submits_nothing() -> None:
+    run = RunView("r", RunState.PAUSED, (stage("a", StageState.PENDING),))
+    assert core.advance(run, T0) == []
+
+
+def test_job_exit_nonzero_is_crash() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 1))}, T0)
+    update = actions[0]
+    assert isinstance(update, core.UpdateAttempt) and update.changes["state"] is AttemptState.FAILED
+    assert "crashed" in [a.kind for a in actions if isinstance(a, core.Emit)]
+
+
+def test_unknown_poll_changes_nothing() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    assert core.observe(run, {("a", 1): Observation(job=None)}, T0 + timedelta(days=1)) == []
+
+
+def test_external_cancel_pauses_run() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.CANCELLED))}, T0)
+    assert core.SetRun(RunState.PAUSED) in actions
+    update = actions[0]
+    assert isinstance(update, core.UpdateAttempt) and update.changes["outcome"] is Outcome.OPERATOR
+
+
+def test_held_job_is_an_operator_action() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.HELD))}, T0)
+    assert core.Cancel("a", 1, Outcome.OPERATOR, "held") in actions
+
+
+def match(name: str, action: SignatureAction, node: str | None = None) -> LogMatch:
+    return LogMatch(signature=name, action=action, line=7, text="boom", node=node)
+
+
+def test_resubmit_signature_cancels_at_once() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    obs = Observation(job=job(JobPhase.RUNNING), matches=(match("nvcc_timeout", SignatureAction.RESUBMIT),))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "nvcc_timeout") in core.observe(run, {("a", 1): obs}, T0)
+
+
+def test_exclude_node_named_in_line_else_job_nodes() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    named = Observation(matches=(match("ecc_error", SignatureAction.RESUBMIT_EXCLUDE_NODE, "gpu17"),))
+    assert [a.node for a in core.observe(run, {("a", 1): named}, T0) if isinstance(a, core.ExcludeNode)] == ["gpu17"]
+    unnamed = Observation(
+        job=job(JobPhase.RUNNING, nodes="node[01-02]"),
+        matches=(match("nccl_error", SignatureAction.RESUBMIT_EXCLUDE_NODE),),
+    )
+    excluded = [a.node for a in core.observe(run, {("a", 1): unnamed}, T0) if isinstance(a, core.ExcludeNode)]
+    assert excluded == ["node[01-02]"]
+
+
+def test_fail_signature_fails_without_retry() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    obs = Observation(matches=(match("cuda_oom", SignatureAction.FAIL),))
+    assert core.Cancel("a", 1, Outcome.FAIL, "cuda_oom") in core.observe(run, {("a", 1): obs}, T0)
+    ended = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.FAIL, cause="cuda_oom", ended_at=T0)
+    actions = core.advance(RunView("r", RunState.RUNNING, (stage("a", attempts=(ended,)),)), T0)
+    assert core.SetRun(RunState.FAILED) in actions and not any(isinstance(a, core.Submit) for a in actions)
+
+
+def test_hang_after_final_checkpoint_finishes_the_stage() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("train", attempts=(running(),)), stage("merge", StageState.PENDING)))
+    obs = Observation(matches=(match("nccl_watchdog_timeout", SignatureAction.RESUBMIT),), work_finished=True)
+    assert core.Cancel("train", 1, Outcome.FINISH, "nccl_watchdog_timeout") in core.observe(
+        run, {("train", 1): obs}, T0
+    )
+    ended = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.FINISH, ended_at=T0)
+    run = RunView("r", RunState.RUNNING, (stage("train", attempts=(ended,)), stage("merge", StageState.PENDING)))
+    assert core.SetStage("train", StageState.SUCCEEDED) in core.advance(run, T0)
+
+
+def test_training_completed_then_crash_counts_as_success() -> None:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
+    seen = core.observe(
+        run, {("a", 1): Observation(matches=(match("training_completed", SignatureAction.FINISH),))}, T0
+    )
+    update = seen[0]
+    assert isinstance(update, core.UpdateAttempt) and update.changes["work_done"] is True
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(work_done=True),)),))
+    actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 134))}, T0)
+    first = actions[0]
+    assert isinstance(first, core.UpdateAttempt) and first.changes["state"] is AttemptState.SUCCEEDED
+
+
+def test_stall_timeout_resubmits() -> None:
+    s = stage("a", attempts=(running(last_output_at=T0),), stall_timeout=60.0)
+    run = RunView("r", RunState.RUNNING, (s,))
+    assert core.observe(run, {("a", 1): Observation()}, T0 + timedelta(seconds=59)) == []
+    actions = core.observe(run, {("a", 1): Observation()}, T0 + timedelta(seconds=61))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "stall_timeout") in actions
+
+
+def test_new_output_resets_stall_clock() -> None:
+    s = stage("a", attempts=(running(last_output_at=T0),), stall_timeout=60.0)
+    run = RunView("r", RunState.RUNNING, (s,))
+    actions = core.observe(run, {("a", 1): Observation(new_output=True)}, T0 + timedelta(seconds=61))
+    assert not any(isinstance(a, core.Cancel) for a in actions)
+
+
+def test_startup_timeout_until_first_step() -> None:
+    s = stage("a", attempts=(running(last_output_at=T0 + timedelta(seconds=100)),), startup_timeout=120.0)
+    run = RunView("r", RunState.RUNNING, (s,))
+    actions = core.observe(run, {("a", 1): Observation(new_output=True)}, T0 + timedelta(seconds=121))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "startup_timeout") in actions
+    s2 = stage("a", attempts=(running(first_step_at=T0),), startup_timeout=120.0)
+    assert core.observe(RunView("r", RunState.RUNNING, (s2,)), {("a", 1): Observation()}, T0 + timedelta(hours=1)) == []
+
+
+def test_operator_cancel_does_not_use_budget_and_resume_resubmits() -> None:
+    ended = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.OPERATOR, ended_at=T0)
+    s = stage("a", attempts=(ended,), max_attempts=1)
+    assert s.used == 0
+    assert core.advance(RunView("r", RunState.PAUSED, (s,)), T0) == []
+    assert core.Submit("a", 2) in core.advance(RunView("r", RunState.RUNNING, (s,)), T0)
+
+
+def test_cancel_requested_but_job_alive_asks_again() -> None:
+    a = running(cancel_requested=True, outcome=Outcome.RESUBMIT, cause="nvcc_timeout")
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(a,)),))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "nvcc_timeout") in core.observe(
+        run, {("a", 1): Observation(job=job(JobPhase.RUNNING))}, T0
+    )
