@@ -1,0 +1,102 @@
+"""Running the tick: forever under APScheduler (``supervisor daemon``) or once (``supervisor tick``).
+
+One instance per state directory, enforced with an OS file lock. Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from supervisor.service import Supervisor
+
+log = structlog.get_logger("supervisor.daemon")
+LOCK_NAME = "supervisor.lock"
+TICK_JOB = "tick"
+
+
+class AlreadyRunning(Exception):
+    def __init__(self, lock_path: Path, holder: str) -> None:
+        super().__init__(f"another supervisor holds {lock_path} (pid {holder or '?'}); "
+                         "one daemon per state directory")
+        self.lock_path = lock_path
+
+
+@contextmanager
+def instance_lock(home: Path) -> Iterator[None]:
+    """Hold the state directory's lock for the duration; raises AlreadyRunning when somebody has it."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise AlreadyRunning(path, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+class Daemon:
+    """Ticks every ``poll`` seconds, and at once when a watched log changes."""
+
+    def __init__(self, supervisor: Supervisor, poll: float, *, exit_when_idle: bool = False) -> None:
+        self.supervisor = supervisor
+        self.poll = poll
+        self.exit_when_idle = exit_when_idle
+        self.stop_requested = threading.Event()
+        self.scheduler = BackgroundScheduler(timezone=UTC)
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_requested.set()
+
+    def wake(self) -> None:
+        """Run a tick as soon as possible (a log file changed)."""
+        job = self.scheduler.get_job(TICK_JOB)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def _tick(self) -> None:
+        try:
+            report = self.supervisor.tick()
+        except Exception:
+            # A bug or a broken disk must not kill the babysitter silently: log it, try again next tick.
+            log.exception("tick_failed")
+            return
+        self.supervisor.logs.watch(self.supervisor.live_log_dirs())
+        if self.exit_when_idle and report.runs == 0:
+            log.info("idle", message="no active runs left")
+            self.stop_requested.set()
+        if report.actions:
+            log.debug("tick", runs=report.runs, actions=report.actions)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        self.supervisor.logs.start(self.wake)
+        self.scheduler.add_job(self._tick, "interval", seconds=self.poll, id=TICK_JOB, max_instances=1,
+                               coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None)
+        self.scheduler.start()
+        log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, pid=os.getpid())
+        try:
+            while not self.stop_requested.wait(1.0):
+                pass
+        finally:
+            log.info("daemon_stopping")
+            self.scheduler.shutdown(wait=True)
+            self.supervisor.logs.stop()
+            log.info("daemon_stopped")

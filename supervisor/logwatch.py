@@ -1,0 +1,89 @@
+"""Following the logs of live attempts: read what is new since the stored offset, scan it, report.
+
+The offset lives in the attempt row (``log_tail``) and is written in the same transaction as the
+reaction to what was read, so a restarted supervisor continues where it stopped and never reacts to
+an old line twice. inotify (``watchdog``) only wakes the daemon early; every tick also reads, because
+NFS and Lustre do not deliver inotify events for writes made on other nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.models import Attempt, Run
+from supervisor.scanner import Catalogue
+from supervisor.tailer import TailState, read_new
+from supervisor.types import LogMatch, Progress
+
+# Bound the work one tick spends on one log; the rest is read on the next tick.
+MAX_BYTES_PER_TICK = 64 * 1024 * 1024
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Seen:
+    tail: dict[str, Any] = field(default_factory=dict)  # attempt columns to store with the reaction
+    matches: tuple[LogMatch, ...] = ()
+    progress: Progress | None = None
+    new_output: bool = False
+
+
+class LogWatcher:
+    def __init__(self) -> None:
+        self._catalogues: dict[int, tuple[str, Catalogue]] = {}
+        self._watcher: Any = None
+
+    def catalogue(self, run: Run) -> Catalogue:
+        """The built-in catalogue merged with the run's own `signatures:` (compiled once per run)."""
+        entries = run.spec.get("signatures") or []
+        key = json.dumps(entries, sort_keys=True)
+        cached = self._catalogues.get(run.id)
+        if cached is None or cached[0] != key:
+            cached = (key, Catalogue.load(entries or None, source=f"run {run.name} signatures"))
+            self._catalogues[run.id] = cached
+        return cached[1]
+
+    def read(self, run: Run, attempt: Attempt) -> Seen:
+        if not attempt.log_path or "%j" in attempt.log_path:
+            return Seen()
+        state = TailState.from_dict(attempt.log_tail) if attempt.log_tail else TailState(Path(attempt.log_path))
+        catalogue = self.catalogue(run)
+        matches: list[LogMatch] = []
+        progress: Progress | None = None
+        read = 0
+        start = state
+        while read < MAX_BYTES_PER_TICK:
+            new_state, data = read_new(state, max_bytes=CHUNK)
+            if not data:
+                state = new_state
+                break
+            result = catalogue.scan_chunk(data, state.next_line)
+            matches.extend(result.matches)
+            progress = result.progress or progress
+            read += len(data)
+            state = new_state
+        if state == start:
+            return Seen()
+        return Seen(tail={"log_tail": state.to_dict()}, matches=tuple(matches), progress=progress,
+                    new_output=read > 0)
+
+    # ---- inotify wake-ups --------------------------------------------------------------------------
+
+    def start(self, wake: Callable[[], None]) -> None:
+        from supervisor.watch import DirWatcher
+
+        self._watcher = DirWatcher(wake)
+        self._watcher.start()
+
+    def watch(self, dirs: Iterable[Path]) -> None:
+        if self._watcher is not None:
+            self._watcher.set_dirs(set(dirs))
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
