@@ -1,0 +1,35 @@
+"""Notifications: render an event, keep it in the outbox, deliver it to Slack, Matrix, webhooks."""
+
+from __future__ import annotations
+
+from supervisor.notify.config import (
+    DEFAULT_ON,
+    NotifyChannelSpec,
+    NotifyConfigError,
+    build_channels,
+)
+from supervisor.notify.outbox import (
+    DeliveryPolicy,
+    DeliveryReport,
+    RunChannels,
+    deliver,
+    enqueue,
+    send_test,
+    undelivered,
+)
+from supervisor.notify.render import render
+
+__all__ = [
+    "DEFAULT_ON",
+    "DeliveryPolicy",
+    "DeliveryReport",
+    "NotifyChannelSpec",
+    "NotifyConfigError",
+    "RunChannels",
+    "build_channels",
+    "deliver",
+    "enqueue",
+    "render",
+    "send_test",
+    "undelivered",
+]
