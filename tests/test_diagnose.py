@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from supervisor.diagnose import diagnose, scan_file
+from supervisor.scanner import Catalogue, MilestoneKind, ScanAccumulator
+from supervisor.types import Progress
+from supervisor.watch import LogDirWatcher
+
+FIXTURE = Path(__file__).parent / "fixtures" / "logs" / "axolotl_train.log"
+WATCHDOG = (
+    "[rank16]:[E1228 15:44:53.523176693 ProcessGroupNCCL.cpp:607] [Rank 0] Watchdog caught collective operation "
+    "timeout: WorkNCCL(SeqNum=264290, OpType=_ALLGATHER_BASE, NumelIn=54528000, NumelOut=218112000, "
+    "Timeout(ms)=600000) ran for 600018 milliseconds before timing out."
+)
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return Catalogue.load()
+
+
+def _logical_lines(data: bytes) -> list[bytes]:
+    return data.replace(b"\r", b"\n").split(b"\n")
+
+
+def test_successful_axolotl_log(catalogue: Catalogue) -> None:
+    result = diagnose(FIXTURE, catalogue)
+    json.dumps(result)
+    assert set(result) == {"matches", "verdict"}
+    assert [m["signature"] for m in result["matches"]] == ["extension_build_hang", "training_completed"]
+    for m in result["matches"]:
+        assert set(m) == {"signature", "action", "line", "text"}
+        assert m["text"].encode() in _logical_lines(FIXTURE.read_bytes())[m["line"] - 1]
+    assert result["verdict"] == {"signature": "training_completed", "action": "finish"}
+
+
+def test_fixture_progress_metrics_and_milestones(catalogue: Catalogue) -> None:
+    acc = ScanAccumulator()
+    for chunk in scan_file(FIXTURE, catalogue, chunk_bytes=512):
+        acc.add(chunk)
+    assert acc.progress == Progress(step=20, total=20)
+    assert acc.metrics is not None and acc.metrics["train_loss"] == 4.8
+    kinds = [m.kind for m in acc.milestones]
+    assert kinds == [MilestoneKind.TRAINER_STARTED, MilestoneKind.TRAINING_COMPLETED, MilestoneKind.MODEL_SAVED]
+    assert acc.milestones[-1].path == "./outputs/out"
+
+
+def test_small_chunks_give_the_same_answer(catalogue: Catalogue) -> None:
+    whole = [(m.signature, m.line) for r in scan_file(FIXTURE, catalogue) for m in r.matches]
+    tiny = [(m.signature, m.line) for r in scan_file(FIXTURE, catalogue, chunk_bytes=97) for m in r.matches]
+    assert whole == tiny
+
+
+def _crashed_log(tmp_path: Path, tail: list[str], cut_at: bytes = b"{'loss': '4.401'") -> Path:
+    """The fixture up to mid-training, then the given lines, as a crashed multi-rank job leaves it."""
+    base = FIXTURE.read_bytes()
+    log = tmp_path / "slurm-123.out"
+    log.write_bytes(base[: base.index(cut_at)] + "".join(line + "\n" for line in tail).encode())
+    return log
+
+
+def test_oom_under_child_failed_error(tmp_path: Path, catalogue: Catalogue) -> None:
+    log = _crashed_log(
+        tmp_path,
+        [
+            "[rank3]: Traceback (most recent call last):",
+            '[rank3]:   File "/opt/venv/lib/python3.11/site-packages/axolotl/train.py", line 203, in execute_training',
+            "[rank3]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 3 has a total "
+            "capacity of 79.11 GiB of which 1.06 GiB is free.",
+            "E1106 09:15:02.000000 859901 torch/distributed/elastic/multiprocessing/api.py:869] failed "
+            "(exitcode: 1) local_rank: 3 (pid: 859956) of binary: /opt/venv/bin/python",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+            "srun: error: node03: task 0: Exited with exit code 1",
+        ],
+    )
+    result = diagnose(log, catalogue)
+    sigs = [m["signature"] for m in result["matches"]]
+    assert sigs == ["extension_build_hang", "cuda_oom", "child_failed_error"]
+    assert result["verdict"] == {"signature": "cuda_oom", "action": "fail"}
+    oom = result["matches"][1]
+    assert _logical_lines(log.read_bytes())[oom["line"] - 1].startswith(b"[rank3]: torch.OutOfMemoryError")
+
+
+def test_completed_then_watchdog(tmp_path: Path, catalogue: Catalogue) -> None:
+    base = FIXTURE.read_bytes()
+    log = tmp_path / "slurm-124.out"
+    log.write_bytes(base + (WATCHDOG + "\n").encode() + b"srun: error: node01: task 0: Aborted\n")
+    result = diagnose(log, catalogue)
+    assert [m["signature"] for m in result["matches"]][-2:] == ["training_completed", "nccl_watchdog_timeout"]
+    assert result["verdict"] == {"signature": "training_completed", "action": "finish"}
+
+
+def test_startup_failure_glued_to_bar_and_no_trailing_newline(tmp_path: Path, catalogue: Catalogue) -> None:
+    log = _crashed_log(
+        tmp_path,
+        ["\r  0%|          | 0/20 [00:00<?, ?it/s]srun: error: Node failure on gpu-node12", "tail without newline"],
+        cut_at=b"  0%|",
+    )
+    log.write_bytes(log.read_bytes().rstrip(b"\n") + b"\nERROR: unable to setup node")
+    result = diagnose(log, catalogue)
+    sigs = [(m["signature"], m["text"]) for m in result["matches"]]
+    assert ("slurm_node_failure", "srun: error: Node failure on gpu-node12") in sigs
+    assert sigs[-1][0] == "node_setup_failure"  # found even without a final newline
+    assert result["verdict"] == {"signature": "slurm_node_failure", "action": "resubmit_exclude_node"}
+
+
+def test_missing_file_raises(tmp_path: Path, catalogue: Catalogue) -> None:
+    with pytest.raises(FileNotFoundError):
+        diagnose(tmp_path / "absent.log", catalogue)
+
+
+def test_watcher_wakes_on_write_and_follows_the_watch_set(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    changed: list[Path] = []
+    seen = threading.Event()
+
+    def on_change(path: Path) -> None:
+        changed.append(path)
+        seen.set()
+
+    with LogDirWatcher(on_change) as watcher:
+        watcher.set_dirs([a, b])
+        assert watcher.watched == {a.resolve()}
+        assert b.resolve() in watcher.unwatched
+        (a / "slurm-1.out").write_text("hello\n")
+        assert watcher.wait(10)
+        assert seen.wait(10)
+        assert changed[0].name == "slurm-1.out"
+        b.mkdir()
+        watcher.set_dirs([b])
+        assert watcher.watched == {b.resolve()}
+        assert watcher.unwatched == {}
