@@ -214,9 +214,29 @@ def tick() -> None:
 
     try:
         with instance_lock(state.home):
-            supervisor_obj().tick()
+            sv = supervisor_obj()
+            sv.tick()
+            sv.flush_outbox()
     except AlreadyRunning:
         err.print("a supervisor daemon is running for this state directory; nothing to do", markup=False)
+
+
+@notify_app.command("test")
+def notify_test(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+    """Send a test message to every notification channel of a run, now."""
+    from supervisor.notify import NotifyConfigError
+
+    with user_errors():
+        try:
+            results = supervisor_obj().notify_test(name)
+        except NotifyConfigError as exc:
+            fail(str(exc))
+    if not results:
+        fail(f"run {name!r} has no `notify:` channels")
+    for key, problem in results.items():
+        out.print(f"{key}: {'delivered' if problem is None else 'FAILED: ' + problem}", markup=False)
+    if any(problem is not None for problem in results.values()):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -23,6 +24,11 @@ from supervisor.service import Supervisor
 log = structlog.get_logger("supervisor.daemon")
 LOCK_NAME = "supervisor.lock"
 TICK_JOB = "tick"
+WAKE_JOB = "wake"
+OUTBOX_JOB = "outbox"
+# A log that is written continuously must not turn into back-to-back passes: at most this often.
+MIN_WAKE_INTERVAL = 0.2
+OUTBOX_INTERVAL = 5.0
 
 
 class AlreadyRunning(Exception):
@@ -60,22 +66,35 @@ class Daemon:
         self.exit_when_idle = exit_when_idle
         self.stop_requested = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=UTC)
+        # The interval pass and the log wake-ups never overlap: both change the same rows.
+        self._tick_lock = threading.Lock()
+        self._last_wake = 0.0
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
 
     def wake(self) -> None:
-        """Run a tick as soon as possible (a log file changed)."""
-        job = self.scheduler.get_job(TICK_JOB)
-        if job is not None:
-            job.modify(next_run_time=datetime.now(UTC))
+        """A watched log changed: read the logs soon, without asking the cluster (no squeue storms)."""
+        if self.stop_requested.is_set() or not self.scheduler.running:
+            return
+        at = max(time.monotonic(), self._last_wake + MIN_WAKE_INTERVAL)
+        self._last_wake = at
+        run_date = datetime.now(UTC) + timedelta(seconds=at - time.monotonic())
+        self.scheduler.add_job(self._tick, "date", run_date=run_date, kwargs={"poll": False}, id=WAKE_JOB,
+                               replace_existing=True, misfire_grace_time=None)
 
-    def _tick(self) -> None:
-        try:
-            report = self.supervisor.tick()
-        except Exception:
-            # A bug or a broken disk must not kill the babysitter silently: log it, try again next tick.
-            log.exception("tick_failed")
+    def _flush(self) -> None:
+        self.supervisor.flush_outbox()
+
+    def _tick(self, poll: bool = True) -> None:
+        with self._tick_lock:
+            try:
+                report = self.supervisor.tick(poll=poll)
+            except Exception:
+                # A bug or a broken disk must not kill the babysitter silently: log it, try again next tick.
+                log.exception("tick_failed")
+                return
+        if not poll:
             return
         self.supervisor.logs.watch(self.supervisor.live_log_dirs())
         if self.exit_when_idle and report.runs == 0:
@@ -90,6 +109,9 @@ class Daemon:
         self.supervisor.logs.start(self.wake)
         self.scheduler.add_job(self._tick, "interval", seconds=self.poll, id=TICK_JOB, max_instances=1,
                                coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None)
+        # Deliveries wait on the network (timeouts, outages): their own job, so they never delay a reaction.
+        self.scheduler.add_job(self._flush, "interval", seconds=OUTBOX_INTERVAL, id=OUTBOX_JOB, max_instances=1,
+                               coalesce=True, misfire_grace_time=None)
         self.scheduler.start()
         log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, pid=os.getpid())
         try:
@@ -97,6 +119,7 @@ class Daemon:
                 pass
         finally:
             log.info("daemon_stopping")
-            self.scheduler.shutdown(wait=True)
             self.supervisor.logs.stop()
+            self.scheduler.shutdown(wait=True)
+            self.supervisor.flush_outbox()
             log.info("daemon_stopped")

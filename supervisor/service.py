@@ -26,6 +26,7 @@ from supervisor.backends import make_cluster
 from supervisor.db import open_database
 from supervisor.logwatch import LogWatcher
 from supervisor.models import Attempt, Event, ExcludedNode, Run, Stage
+from supervisor.notify import RunChannels, deliver, enqueue, send_test, undelivered
 from supervisor.spec import RunSpec, StageSpec, load_spec
 from supervisor.types import AttemptState, JobInfo, JobPhase, RunState, StageState, SubmitRequest
 
@@ -70,6 +71,7 @@ class Supervisor:
         self._poll_failures: dict[str, int] = {}
         self._poll_not_before: dict[str, datetime] = {}
         self.logs = LogWatcher()
+        self.channels = RunChannels(self.sessions)
         self.on_event: Callable[[Event], None] | None = None
 
     # ---- plumbing --------------------------------------------------------------------------------
@@ -102,6 +104,8 @@ class Supervisor:
                       message=message, data=dict(data or {}))
         session.add(event)
         session.flush()
+        # Same transaction as the state change: a notification is never lost nor sent for a rolled-back change.
+        enqueue(session, run, event, run.spec.get("notify") or [])
         log.info(kind, run=run.name, stage=stage, attempt=attempt, message=message)
         if self.on_event is not None:
             self.on_event(event)
@@ -249,19 +253,37 @@ class Supervisor:
             ]
             return {"name": run.name, "state": run.state, "backend": run.backend, "workdir": run.workdir,
                     "created_at": run.created_at.isoformat(), "updated_at": run.updated_at.isoformat(),
-                    "stages": stages, "events": events, "excluded_nodes": excluded}
+                    "stages": stages, "events": events, "excluded_nodes": excluded,
+                    "notifications": undelivered(session, run.id)}
 
     # ---- the tick --------------------------------------------------------------------------------
 
-    def tick(self) -> TickReport:
-        self.reconcile_submitting()
-        infos, failed = self.poll()
+    def tick(self, *, poll: bool = True) -> TickReport:
+        """One pass over every active run. ``poll=False`` (a log changed) reads logs but asks no cluster."""
+        infos: dict[str, dict[str, JobInfo] | None] = {}
+        failed: list[str] = []
+        if poll:
+            self.reconcile_submitting()
+            infos, failed = self.poll()
         count = 0
         with self.sessions() as session:
             run_ids = list(session.scalars(select(Run.id).where(Run.state.in_([s.value for s in ACTIVE]))))
         for run_id in run_ids:
             count += self.step_run(run_id, infos)
         return TickReport(runs=len(run_ids), actions=count, poll_failed=tuple(failed))
+
+    def flush_outbox(self) -> None:
+        try:
+            deliver(self.sessions, self.channels, self.clock)
+        except Exception:
+            # Notifications must never stop the supervision itself; the outbox keeps what was not sent.
+            log.exception("outbox_flush_failed")
+
+    def notify_test(self, name: str) -> dict[str, str | None]:
+        with self.sessions() as session:
+            run = self._run(session, name)
+            run_id = run.id
+        return send_test(name, self.channels(run_id), self.clock)
 
     def live_log_dirs(self) -> set[Path]:
         with self.sessions() as session:
@@ -312,7 +334,8 @@ class Supervisor:
                        Attempt.job_id.is_not(None))))
         wanted: dict[str, list[str]] = {}
         for backend, job_id in rows:
-            wanted.setdefault(backend, []).append(job_id)
+            if job_id is not None:
+                wanted.setdefault(backend, []).append(job_id)
         result: dict[str, dict[str, JobInfo] | None] = {}
         failed: list[str] = []
         for backend, ids in wanted.items():
@@ -359,7 +382,8 @@ class Supervisor:
                 backend_infos = infos.get(attempt.backend)
                 job = backend_infos.get(attempt.job_id or "") if backend_infos is not None else None
                 seen = self.logs.read(run, attempt)
-                tails[attempt.id] = seen.tail
+                if seen.tail:
+                    tails[attempt.id] = seen.tail
                 stage = next(s for s in run.stages if s.id == attempt.stage_id)
                 observations[(stage.name, attempt.number)] = core.Observation(
                     job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output)

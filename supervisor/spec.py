@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from supervisor.durations import parse_duration
+from supervisor.notify.config import NotifyChannelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 StageKind = Literal["script", "prepare", "train", "merge", "transfer"]
@@ -37,7 +38,8 @@ Duration = Annotated[float, BeforeValidator(_duration)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a secret pasted into the wrong field must not be echoed back in the error.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class StageSpec(_Strict):
@@ -86,7 +88,7 @@ class RunSpec(_Strict):
     venv: Path | None = None
     merged_dir: Path | None = None
     signatures: list[dict[str, Any]] = []
-    notify: list[dict[str, Any]] = []
+    notify: list[NotifyChannelSpec] = []
 
     @model_validator(mode="after")
     def _unique_stages(self) -> RunSpec:
