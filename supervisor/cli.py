@@ -221,6 +221,38 @@ def tick() -> None:
         err.print("a supervisor daemon is running for this state directory; nothing to do", markup=False)
 
 
+@app.command()
+def diagnose(
+    logfile: Annotated[Path, typer.Argument(help="An archived job log.")],
+    run: Annotated[str | None, typer.Option("--run", help="Also use this run's own `signatures:`.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Replay the failure-signature catalogue on a log: every match and the root cause (the verdict)."""
+    from supervisor.diagnose import diagnose as run_diagnose
+    from supervisor.scanner import Catalogue
+
+    entries = None
+    if run is not None:
+        with user_errors():
+            entries = supervisor_obj().run_signatures(run)
+    if not logfile.is_file():
+        fail(f"{logfile}: file not found")
+    try:
+        result = run_diagnose(logfile, Catalogue.load(entries, source=f"run {run}"))
+    except OSError as exc:
+        fail(f"{logfile}: cannot read the file: {exc.strerror}")
+    if as_json:
+        print_json(result)
+        return
+    table = Table("line", "signature", "action", "text")
+    for m in result["matches"]:
+        table.add_row(str(m["line"]), m["signature"], m["action"], m["text"])
+    out.print(table)
+    verdict = result["verdict"]
+    out.print("verdict: " + (f"{verdict['signature']} -> {verdict['action']}" if verdict else "no known failure"),
+              markup=False)
+
+
 @notify_app.command("test")
 def notify_test(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
     """Send a test message to every notification channel of a run, now."""

@@ -82,6 +82,8 @@ class RunView:
     name: str
     state: RunState
     stages: tuple[StageView, ...]
+    # Signature name -> how many resubmissions it may cause in one stage before the stage fails.
+    resubmit_limits: Mapping[str, int] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageView:
         return next(s for s in self.stages if s.name == name)
@@ -231,6 +233,12 @@ def _observe_attempt(
 
     if verdict is not None:
         outcome = _outcome_for(verdict.action, work_done)
+        limit = run.resubmit_limits.get(verdict.signature)
+        if outcome is Outcome.RESUBMIT and limit is not None:
+            earlier = sum(1 for a in stage.attempts if a.cause == verdict.signature and a.number != attempt.number)
+            if earlier >= limit:
+                # The same fault again after its resubmissions: more attempts will not help.
+                outcome = Outcome.FAIL
         message = f"{verdict.signature} at line {verdict.line}: {verdict.text}"
         data: dict[str, object] = {"line": verdict.line, "text": verdict.text, "action": verdict.action.value,
                                    "context": list(verdict.context)}

@@ -9,7 +9,7 @@ NFS and Lustre do not deliver inotify events for writes made on other nodes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 from supervisor.models import Attempt, Run
 from supervisor.scanner import Catalogue
 from supervisor.tailer import TailState, read_new
-from supervisor.types import LogMatch, Progress
+from supervisor.types import LogMatch, Progress, SignatureAction
 
 # Bound the work one tick spends on one log; the rest is read on the next tick.
 MAX_BYTES_PER_TICK = 64 * 1024 * 1024
@@ -33,10 +33,38 @@ class Seen:
     new_output: bool = False
 
 
+def actionable(matches: Sequence[LogMatch], catalogue: Catalogue) -> tuple[LogMatch, ...]:
+    """What the core acts on: every `finish` match, then the one match that decides the reaction.
+
+    The deciding match is the earliest root cause that is not itself a `finish` (so "Training completed!"
+    followed by an NCCL watchdog timeout reports both, and the core turns the timeout into a finish).
+    Wrappers such as ChildFailedError decide only when no root cause was printed; hang hints never do
+    (they explain a stall, they are not one).
+    """
+    ordered = sorted(matches, key=lambda m: m.line)
+    finishes = [m for m in ordered if m.action is SignatureAction.FINISH]
+    rest = [m for m in ordered if m.action is not SignatureAction.FINISH]
+    causes: list[LogMatch] = []
+    wrappers: list[LogMatch] = []
+    for match in rest:
+        spec = catalogue.spec(match.signature)
+        if match.action is SignatureAction.IGNORE or (spec is not None and spec.hang_hint):
+            continue
+        (wrappers if spec is not None and spec.wrapper else causes).append(match)
+    deciding = (causes or wrappers)[:1]
+    return tuple(finishes + deciding)
+
+
 class LogWatcher:
     def __init__(self) -> None:
         self._catalogues: dict[int, tuple[str, Catalogue]] = {}
         self._watcher: Any = None
+
+    def resubmit_limits(self, run: Run) -> dict[str, int]:
+        """Signatures that may cause only so many resubmissions before the stage fails (e.g. ECC, NCCL)."""
+        catalogue = self.catalogue(run)
+        return {sig.name: sig.spec.max_resubmits for sig in catalogue.signatures
+                if sig.spec.max_resubmits is not None}
 
     def catalogue(self, run: Run) -> Catalogue:
         """The built-in catalogue merged with the run's own `signatures:` (compiled once per run)."""
@@ -69,8 +97,8 @@ class LogWatcher:
             state = new_state
         if state == start:
             return Seen()
-        return Seen(tail={"log_tail": state.to_dict()}, matches=tuple(matches), progress=progress,
-                    new_output=read > 0)
+        return Seen(tail={"log_tail": state.to_dict()}, matches=actionable(matches, catalogue),
+                    progress=progress, new_output=read > 0)
 
     # ---- inotify wake-ups --------------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from supervisor import core
+from supervisor import core, pipeline
 from supervisor.abc import Clock, Cluster, ClusterError, SystemClock
+from supervisor.axolotl import AxolotlConfigError
 from supervisor.backends import make_cluster
 from supervisor.db import open_database
 from supervisor.logwatch import LogWatcher
@@ -32,6 +33,8 @@ from supervisor.types import AttemptState, JobInfo, JobPhase, RunState, StageSta
 
 log = structlog.get_logger("supervisor")
 
+# Enough of a log's end for the kinds' success lines (axolotl's and the transfer's).
+LOG_TAIL_BYTES = 64 * 1024
 LIVE = (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUNNING)
 ACTIVE = (RunState.PENDING, RunState.RUNNING, RunState.PAUSED)
 EXCLUDE_FOR = timedelta(hours=24)
@@ -119,6 +122,16 @@ class Supervisor:
             .execution_options(synchronize_session="fetch")
         )
         return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+    @staticmethod
+    def context(run: Run, stage: str, kind: str, number: int) -> pipeline.StageContext:
+        spec = RunSpec.model_validate(run.spec)
+        options = next(s for s in spec.stages if s.name == stage).model_dump(mode="json", exclude_none=True)
+        return pipeline.StageContext(
+            run=run.name, stage=stage, kind=kind, attempt=number, workdir=Path(run.workdir), options=options,
+            axolotl_config=spec.axolotl_config, venv=spec.venv, merged_dir=spec.merged_dir,
+            base_dir=Path(run.spec_path).parent,
+        )
 
     @staticmethod
     def stage_spec(run: Run, stage: str) -> StageSpec:
@@ -279,6 +292,10 @@ class Supervisor:
             # Notifications must never stop the supervision itself; the outbox keeps what was not sent.
             log.exception("outbox_flush_failed")
 
+    def run_signatures(self, name: str) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return list(self._run(session, name).spec.get("signatures") or [])
+
     def notify_test(self, name: str) -> dict[str, str | None]:
         with self.sessions() as session:
             run = self._run(session, name)
@@ -373,7 +390,7 @@ class Supervisor:
             run = session.get(Run, run_id)
             if run is None:
                 return 0
-            view = _view(session, run)
+            view = _view(session, run, self.logs.resubmit_limits(run))
             live = [a for s in run.stages for a in self._attempts(session, s)
                     if a.state in (AttemptState.QUEUED.value, AttemptState.RUNNING.value)]
             observations: dict[tuple[str, int], core.Observation] = {}
@@ -385,8 +402,10 @@ class Supervisor:
                 if seen.tail:
                     tails[attempt.id] = seen.tail
                 stage = next(s for s in run.stages if s.id == attempt.stage_id)
+                finished, succeeded = self._kind_checks(run, stage, attempt, job)
                 observations[(stage.name, attempt.number)] = core.Observation(
-                    job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output)
+                    job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output,
+                    work_finished=finished, succeeded=succeeded)
         actions = core.observe(view, observations, now)
         self.apply(run_id, actions, tails)
         total = len(actions)
@@ -401,6 +420,21 @@ class Supervisor:
             self.apply(run_id, actions, {})
             total += len(actions)
         return total
+
+    def _kind_checks(self, run: Run, stage: Stage, attempt: Attempt, job: JobInfo | None) -> tuple[bool, bool | None]:
+        """The pipeline kinds' file checks: is training's final checkpoint complete; did the stage succeed."""
+        if stage.kind == "script":
+            return False, None
+        ctx = self.context(run, stage.name, stage.kind, attempt.number)
+        try:
+            finished = stage.kind == "train" and pipeline.training_finished(ctx)
+            succeeded = None
+            if job is not None and job.phase.finished:
+                succeeded = pipeline.check_success(ctx, job.exit_code, _log_tail(attempt.log_path))
+        except (pipeline.PipelineError, AxolotlConfigError, OSError) as exc:
+            log.warning("kind_check_failed", run=run.name, stage=stage.name, error=str(exc))
+            return False, None
+        return finished, succeeded
 
     # ---- acting ----------------------------------------------------------------------------------
 
@@ -477,8 +511,21 @@ class Supervisor:
                 return
             stage = attempt.stage
             run = stage.run
-            request = self._request(session, run, stage, attempt)
             backend, tag = attempt.backend, attempt.tag
+            try:
+                request, notes = self._request(session, run, stage, attempt)
+            except (pipeline.PipelineError, AxolotlConfigError) as exc:
+                permanent = getattr(exc, "permanent", True)
+                request, notes = None, {"error": str(exc), "permanent": permanent}
+        if request is None:
+            self._refuse(attempt_id, str(notes["error"]), permanent=bool(notes["permanent"]))
+            return
+        if notes:
+            with self.sessions.begin() as session:
+                attempt = session.get(Attempt, attempt_id)
+                assert attempt is not None
+                self._event(session, attempt.stage.run, "prepared", _describe(notes), attempt.stage.name,
+                            attempt.number, notes)
         bound = log.bind(run=run.name, stage=stage.name, attempt=attempt.number)
         Path(request.log_pattern).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -488,16 +535,7 @@ class Supervisor:
                 # Unknown whether the job exists: stay SUBMITTING; reconciliation looks the tag up.
                 bound.warning("submit_unknown", error=str(exc))
                 return
-            with self.sessions.begin() as session:
-                attempt = session.get(Attempt, attempt_id)
-                assert attempt is not None
-                attempt.state = AttemptState.FAILED.value
-                attempt.outcome = core.Outcome.FAIL.value
-                attempt.cause = "submit_rejected"
-                attempt.reason = str(exc)[:500]
-                attempt.ended_at = self.now()
-                self._event(session, attempt.stage.run, "crashed", f"submission rejected: {exc}",
-                            attempt.stage.name, attempt.number)
+            self._refuse(attempt_id, f"submission rejected: {exc}", permanent=True)
             return
         with self.sessions.begin() as session:
             done = session.execute(
@@ -517,21 +555,48 @@ class Supervisor:
         if cancel_now:
             self._cancel_attempt(attempt_id)
 
-    def _request(self, session: Session, run: Run, stage: Stage, attempt: Attempt) -> SubmitRequest:
+    def _refuse(self, attempt_id: int, message: str, *, permanent: bool) -> None:
+        """The attempt could not be submitted. Permanent (bad config, sbatch refused) fails the stage."""
+        with self.sessions.begin() as session:
+            attempt = session.get(Attempt, attempt_id)
+            assert attempt is not None
+            attempt.state = AttemptState.FAILED.value
+            attempt.outcome = core.Outcome.FAIL.value if permanent else None
+            attempt.cause = "submit_rejected"
+            attempt.reason = message[:500]
+            attempt.ended_at = self.now()
+            self._event(session, attempt.stage.run, "crashed", message, attempt.stage.name, attempt.number)
+
+    def _request(
+        self, session: Session, run: Run, stage: Stage, attempt: Attempt
+    ) -> tuple[SubmitRequest, dict[str, Any]]:
         spec = self.stage_spec(run, stage.name)
+        script, command = spec.script, tuple(spec.command) if spec.command else None
+        sbatch_args, extra_env = tuple(spec.sbatch_args), dict(spec.env)
+        notes: dict[str, Any] = {}
+        if stage.kind != "script":
+            sub = pipeline.prepare_submission(self.context(run, stage.name, stage.kind, attempt.number))
+            script, command = sub.script, sub.command
+            sbatch_args += sub.sbatch_args
+            extra_env = {**sub.env, **extra_env}
+            if sub.resume_from is not None:
+                notes["resume_from"] = str(sub.resume_from)
+            if sub.moved_aside:
+                notes["moved_aside"] = [str(p) for p in sub.moved_aside]
+            if sub.cleaned:
+                notes["cleaned"] = [str(p) for p in sub.cleaned]
         now = self.now()
         excluded = tuple(sorted(session.scalars(
             select(ExcludedNode.node).where(ExcludedNode.run_id == run.id, ExcludedNode.until > now))))
         env = {"SUPERVISOR_RUN": run.name, "SUPERVISOR_STAGE": stage.name,
-               "SUPERVISOR_ATTEMPT": str(attempt.number), **spec.env}
+               "SUPERVISOR_ATTEMPT": str(attempt.number), **extra_env}
         workdir = Path(run.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        return SubmitRequest(
-            tag=attempt.tag, workdir=workdir, log_pattern=attempt.log_path or "",
-            script=spec.script, command=tuple(spec.command) if spec.command else None,
-            sbatch_args=tuple(spec.sbatch_args), exclude=excluded if attempt.backend != "local" else (),
-            env=env,
+        request = SubmitRequest(
+            tag=attempt.tag, workdir=workdir, log_pattern=attempt.log_path or "", script=script, command=command,
+            sbatch_args=sbatch_args, exclude=excluded if attempt.backend != "local" else (), env=env,
         )
+        return request, notes
 
     def _cancel_attempt(self, attempt_id: int) -> None:
         with self.sessions() as session:
@@ -550,6 +615,29 @@ class Supervisor:
         log.info("job_cancelled", job_id=job_id)
 
 
+def _describe(notes: Mapping[str, Any]) -> str:
+    parts = []
+    if "resume_from" in notes:
+        parts.append(f"resuming from {notes['resume_from']}")
+    if "moved_aside" in notes:
+        parts.append(f"moved incomplete checkpoints aside: {', '.join(notes['moved_aside'])}")
+    if "cleaned" in notes:
+        parts.append(f"emptied the half-written prepared dataset ({len(notes['cleaned'])} entries)")
+    return "; ".join(parts)
+
+
+def _log_tail(path: str | None) -> str:
+    if not path or "%j" in path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _process_with_tag_alive(tag: str) -> bool:
     """Whether a process (an sbatch or local launcher we started before a crash) still carries the tag."""
     needle = tag.encode()
@@ -565,7 +653,7 @@ def _process_with_tag_alive(tag: str) -> bool:
     return False
 
 
-def _view(session: Session, run: Run) -> core.RunView:
+def _view(session: Session, run: Run, limits: Mapping[str, int] | None = None) -> core.RunView:
     spec = RunSpec.model_validate(run.spec)
     stage_specs = {s.name: s for s in spec.stages}
     stages = []
@@ -587,7 +675,8 @@ def _view(session: Session, run: Run) -> core.RunView:
             budget_start=stage.budget_start, stall_timeout=s.stall_timeout, startup_timeout=s.startup_timeout,
             retry_backoff=s.retry_backoff, attempts=attempts,
         ))
-    return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages))
+    return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
+                        resubmit_limits=dict(limits or {}))
 
 
 def _current(session: Session, run: Run) -> tuple[Stage | None, Attempt | None]:

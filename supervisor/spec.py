@@ -64,6 +64,9 @@ class StageSpec(_Strict):
     account: str | None = None
     qos: str | None = None
     time: str | None = None
+    mem: str | None = None
+    exclusive: bool = False
+    master_port: int | None = Field(default=None, ge=1, le=65535)
     venv: Path | None = None
     destination: str | None = None
 
@@ -157,6 +160,15 @@ def load_spec(path: Path) -> RunSpec:
         spec = RunSpec.model_validate(data)
     except ValidationError as exc:
         raise _first_error(path, exc) from None
+    if spec.signatures:
+        from supervisor.scanner import Catalogue
+        from supervisor.signatures import SignatureError
+
+        try:
+            Catalogue.load(spec.signatures, source=str(path))
+        except SignatureError as exc:
+            # The message already names the file, the entry and the field.
+            raise SpecError(path, "", str(exc).removeprefix(f"{path}: ")) from None
     return _resolve_paths(path, spec)
 
 

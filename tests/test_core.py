@@ -208,3 +208,16 @@ def test_cancel_requested_but_job_alive_asks_again() -> None:
     assert core.Cancel("a", 1, Outcome.RESUBMIT, "nvcc_timeout") in core.observe(
         run, {("a", 1): Observation(job=job(JobPhase.RUNNING))}, T0
     )
+
+
+def test_signature_with_resubmit_limit_fails_when_it_comes_back() -> None:
+    first = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.RESUBMIT, cause="illegal_memory_access", ended_at=T0)
+    run = RunView(
+        "r", RunState.RUNNING, (stage("a", attempts=(first, running(2))),), resubmit_limits={"illegal_memory_access": 1}
+    )
+    obs = Observation(matches=(match("illegal_memory_access", SignatureAction.RESUBMIT),))
+    assert core.Cancel("a", 2, Outcome.FAIL, "illegal_memory_access") in core.observe(run, {("a", 2): obs}, T0)
+    run_once = RunView(
+        "r", RunState.RUNNING, (stage("a", attempts=(running(1),)),), resubmit_limits={"illegal_memory_access": 1}
+    )
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "illegal_memory_access") in core.observe(run_once, {("a", 1): obs}, T0)

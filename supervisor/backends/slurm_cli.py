@@ -1,0 +1,399 @@
+"""SLURM through its command-line clients (sbatch, squeue, scontrol, scancel).
+
+Commands are built and their output parsed by pure functions (golden-tested against output captured
+from slurm-wlm 22.05); :func:`run_command` is the only place a process is started.
+
+Why these commands: ``squeue --format`` lists queued and running jobs cheaply in one call but forgets
+a job soon after it ends and never shows exit codes; ``scontrol show job -o`` still knows ended jobs
+for ``MinJobAge`` (300 s by default) and has ``ExitCode``. ``sacct`` would know more but needs
+slurmdbd, which many clusters do not expose to users. ``squeue --jobs`` is avoided because it fails
+outright ("Invalid job id specified") when every listed id has been purged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Protocol
+
+from supervisor.abc import ClusterError
+from supervisor.backends import job_environment
+from supervisor.types import JobInfo, JobPhase, SubmitRequest
+
+# Name last: it is the only field a user controls, so it may contain the separator.
+SQUEUE_FORMAT = "%i|%T|%r|%N|%x|%V|%S|%e|%j"
+_SQUEUE_FIELDS = SQUEUE_FORMAT.count("|") + 1
+
+SCONTROL_SHOW_JOBS = ("scontrol", "show", "job", "--oneliner")
+
+DEFAULT_TIMEOUT_S = 60.0  # clients give up on an unreachable controller after ~MessageTimeout
+
+_HOLD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+
+_PHASES: Mapping[str, JobPhase] = {
+    "PENDING": JobPhase.PENDING,
+    "CONFIGURING": JobPhase.PENDING,
+    "REQUEUED": JobPhase.PENDING,
+    "REQUEUE_FED": JobPhase.PENDING,
+    "REQUEUE_HOLD": JobPhase.HELD,
+    "SPECIAL_EXIT": JobPhase.HELD,  # requeued and held after an exit code the site marked special
+    "RESV_DEL_HOLD": JobPhase.HELD,
+    "RUNNING": JobPhase.RUNNING,
+    "COMPLETING": JobPhase.RUNNING,  # still holds its nodes; its exit code is not final yet
+    "SUSPENDED": JobPhase.RUNNING,
+    "STOPPED": JobPhase.RUNNING,
+    "SIGNALING": JobPhase.RUNNING,
+    "STAGE_OUT": JobPhase.RUNNING,
+    "RESIZING": JobPhase.RUNNING,
+    "COMPLETED": JobPhase.COMPLETED,
+    "CANCELLED": JobPhase.CANCELLED,
+    "FAILED": JobPhase.FAILED,
+    "TIMEOUT": JobPhase.FAILED,
+    "NODE_FAIL": JobPhase.FAILED,
+    "PREEMPTED": JobPhase.FAILED,
+    "OUT_OF_MEMORY": JobPhase.FAILED,
+    "BOOT_FAIL": JobPhase.FAILED,
+    "DEADLINE": JobPhase.FAILED,
+    "REVOKED": JobPhase.FAILED,
+}
+
+# Client messages that mean "the controller could not be reached or is busy": retrying later helps.
+_TRANSIENT_MARKERS = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "Zero Bytes were transmitted or received",
+    "Communication connection failure",
+    "Connection refused",
+    "Transport endpoint is not connected",
+    "temporarily unable to accept job",
+    "Resource temporarily unavailable",
+    "Protocol authentication error",  # munged down or restarting
+    "backup controller in standby mode",
+    "MaxSubmitJob",  # QOS/association submit limits: wait until some jobs end
+)
+
+# scancel on a job that already ended (or was purged) is what idempotent cancel expects.
+_ALREADY_GONE_MARKERS = ("Invalid job id specified", "Job/step already completing or completed")
+
+_NULLS = frozenset({"", "(null)", "N/A", "None", "Unknown"})
+
+# scontrol -o separates fields by single spaces, but some values (Reason, Comment) may hold spaces:
+# a field starts only where a space is followed by a key and "=".
+_SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w/:.]*)=")
+
+
+# --- pure: rendering ---------------------------------------------------------------------------
+
+
+def render_sbatch_argv(request: SubmitRequest) -> list[str]:
+    """The sbatch command line for ``request``; its environment comes from :func:`job_environment`."""
+    if request.script is None:
+        raise ClusterError(
+            f"job {request.tag}: the slurm backend runs sbatch scripts; a plain command runs on the "
+            "supervisor's host through the local backend",
+            permanent=True,
+        )
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={request.tag}",
+        f"--output={request.log_pattern}",
+        f"--error={request.log_pattern}",
+    ]
+    if request.exclude:
+        argv.append(f"--exclude={','.join(request.exclude)}")
+    argv.extend(request.sbatch_args)
+    argv.append(str(request.script))
+    return argv
+
+
+def squeue_argv(names: Collection[str] = ()) -> list[str]:
+    """All of this user's queued and running jobs (``--all``: hidden partitions too)."""
+    argv = ["squeue", "--noheader", "--all", "--me", f"--format={SQUEUE_FORMAT}"]
+    if names:
+        argv.append(f"--name={','.join(sorted(names))}")
+    return argv
+
+
+def scancel_argv(job_id: str) -> list[str]:
+    return ["scancel", job_id]
+
+
+# --- pure: parsing -----------------------------------------------------------------------------
+
+
+def parse_sbatch_output(stdout: str) -> str:
+    """The job id from ``sbatch --parsable`` ("123" or "123;cluster")."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    if lines:
+        job_id = lines[-1].split(";", 1)[0]
+        if re.fullmatch(r"\d+(_\d+)?", job_id):
+            return job_id
+    # The job may well exist: say "retry" so the caller reconciles by tag instead of failing the stage.
+    raise ClusterError(f"sbatch printed no job id: {stdout.strip()!r}", permanent=False)
+
+
+def phase_of(state: str, reason: str | None = None) -> JobPhase:
+    """Reduce a SLURM job state (as squeue %T or scontrol JobState print it) to a JobPhase."""
+    base = state.strip().split(" ", 1)[0].rstrip("+").upper()
+    # An unrecognised state is not a verdict: "not finished" keeps the supervisor watching.
+    phase = _PHASES.get(base, JobPhase.PENDING)
+    if phase is JobPhase.PENDING and reason in _HOLD_REASONS:
+        return JobPhase.HELD
+    return phase
+
+
+def parse_exit_code(value: str | None) -> int | None:
+    """``ExitCode=N:S`` -> N, or 128+S when a signal ended the job (the shell's convention)."""
+    if not value:
+        return None
+    code, _, signal = value.partition(":")
+    try:
+        sig = int(signal) if signal else 0
+        return 128 + sig if sig else int(code)
+    except ValueError:
+        return None
+
+
+def parse_time(value: str | None, tz: tzinfo | None = None) -> datetime | None:
+    """A SLURM timestamp (controller local time, no zone) as an aware UTC datetime.
+
+    ``tz`` is the zone SLURM printed in; None means this machine's local zone.
+    """
+    if value is None or value in _NULLS:
+        return None
+    try:
+        naive = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    local = naive.astimezone() if tz is None else naive.replace(tzinfo=tz)
+    return local.astimezone(UTC)
+
+
+def _nullable(value: str | None) -> str | None:
+    return None if value is None or value in _NULLS else value
+
+
+def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
+    """Lines printed by ``squeue --noheader --format=SQUEUE_FORMAT``."""
+    jobs: list[JobInfo] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|", _SQUEUE_FIELDS - 1)
+        if len(fields) != _SQUEUE_FIELDS:
+            raise ClusterError(f"unexpected squeue line: {line!r}", permanent=True)
+        job_id, state, reason, nodes, excluded, submit, start, end, name = fields
+        reason_ = _nullable(reason)
+        phase = phase_of(state, reason_)
+        nodes_ = _nullable(nodes)
+        jobs.append(
+            JobInfo(
+                job_id=job_id.strip(),
+                name=name,
+                phase=phase,
+                raw_state=state,
+                exit_code=None,  # squeue does not know it; scontrol does once the job ended
+                nodes=nodes_,
+                reason=reason_,
+                submit_time=parse_time(submit, tz),
+                # For pending jobs %S/%e are the scheduler's forecast, for running ones %e is the
+                # time limit: neither is a fact yet.
+                start_time=parse_time(start, tz) if nodes_ is not None else None,
+                end_time=parse_time(end, tz) if phase.finished else None,
+                excluded_nodes=_nullable(excluded),
+            )
+        )
+    return jobs
+
+
+def parse_scontrol_record(line: str) -> dict[str, str]:
+    """One ``scontrol show job -o`` line as a key -> value mapping."""
+    matches = list(_SCONTROL_KEY.finditer(line))
+    record: dict[str, str] = {}
+    for i, match in enumerate(matches):
+        stop = matches[i + 1].start() if i + 1 < len(matches) else len(line)
+        record.setdefault(match.group(1), line[match.end() : stop].strip())
+    return record
+
+
+def job_info_from_scontrol(record: Mapping[str, str], tz: tzinfo | None = None) -> JobInfo:
+    state = record.get("JobState", "")
+    reason = _nullable(record.get("Reason"))
+    phase = phase_of(state, reason)
+    nodes = _nullable(record.get("NodeList"))
+    return JobInfo(
+        job_id=record["JobId"],
+        name=record.get("JobName", ""),
+        phase=phase,
+        raw_state=state,
+        # Pending and running jobs carry a placeholder 0:0.
+        exit_code=parse_exit_code(record.get("ExitCode")) if phase.finished else None,
+        nodes=nodes,
+        reason=reason,
+        submit_time=parse_time(record.get("SubmitTime"), tz),
+        # A job cancelled while pending gets StartTime = EndTime = the cancel time; it never ran.
+        start_time=parse_time(record.get("StartTime"), tz) if nodes is not None else None,
+        end_time=parse_time(record.get("EndTime"), tz) if phase.finished else None,
+        excluded_nodes=_nullable(record.get("ExcNodeList")),
+    )
+
+
+def parse_scontrol_jobs(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
+    """Output of ``scontrol show job -o``; "No jobs in the system" parses to an empty list."""
+    return [
+        job_info_from_scontrol(parse_scontrol_record(line), tz)
+        for line in text.splitlines()
+        if line.startswith("JobId=")
+    ]
+
+
+def error_for(argv: Sequence[str], returncode: int, stderr: str) -> ClusterError:
+    """The ClusterError a failed client call means; ``permanent`` is False when a retry can help."""
+    message = stderr.strip() or f"exit status {returncode}"
+    transient = any(marker in stderr for marker in _TRANSIENT_MARKERS)
+    return ClusterError(f"{argv[0]}: {message}", permanent=not transient)
+
+
+def newest(jobs: Iterable[JobInfo]) -> dict[str, JobInfo]:
+    """Per job name, the most recently submitted job (a resubmitted tag shows up more than once)."""
+    by_name: dict[str, JobInfo] = {}
+    for job in jobs:
+        seen = by_name.get(job.name)
+        if seen is None or _id_key(job.job_id) > _id_key(seen.job_id):
+            by_name[job.name] = job
+    return by_name
+
+
+def _id_key(job_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", job_id))
+
+
+# --- the one place that runs processes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> CommandResult: ...
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> CommandResult:
+    """Run one SLURM client; a hang or an unreachable controller becomes a retryable ClusterError."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{argv[0]} did not answer within {timeout:g} s", permanent=False) from exc
+    except FileNotFoundError as exc:
+        # Either the client is not installed or the job's workdir does not exist: neither heals.
+        raise ClusterError(f"{argv[0]}: {exc}", permanent=True) from exc
+    except OSError as exc:
+        raise ClusterError(f"{argv[0]}: {exc}", permanent=False) from exc
+    result = CommandResult(done.returncode, done.stdout, done.stderr)
+    if any(marker in done.stderr for marker in _TRANSIENT_MARKERS) and done.returncode != 0:
+        raise error_for(argv, done.returncode, done.stderr)
+    return result
+
+
+# --- the adapter -------------------------------------------------------------------------------
+
+
+class SlurmCliCluster:
+    """The Cluster protocol over the SLURM CLI of the machine the supervisor runs on."""
+
+    kind = "slurm"
+
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        runner: Runner = run_command,
+        base_env: Mapping[str, str] | None = None,
+        tz: tzinfo | None = None,
+    ) -> None:
+        self._timeout = timeout
+        self._run = runner
+        self._base_env = base_env
+        self._tz = tz
+
+    def submit(self, request: SubmitRequest) -> str:
+        argv = render_sbatch_argv(request)
+        env = job_environment(request, os.environ if self._base_env is None else self._base_env)
+        result = self._run(argv, env=env, cwd=request.workdir, timeout=self._timeout)
+        if result.returncode != 0:
+            raise error_for(argv, result.returncode, result.stderr)
+        return parse_sbatch_output(result.stdout)
+
+    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        found = {job.job_id: job for job in self._queued() if job.job_id in wanted}
+        missing = wanted - found.keys()
+        if missing:
+            found.update({job.job_id: job for job in self._known() if job.job_id in missing})
+        return found
+
+    def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
+        wanted = set(tags)
+        if not wanted:
+            return {}
+        queued = [job for job in self._queued(wanted) if job.name in wanted]
+        found = newest(queued)
+        if wanted - found.keys():
+            ended = [job for job in self._known() if job.name in wanted]
+            found = newest([*queued, *ended])
+        return found
+
+    def cancel(self, job_id: str) -> None:
+        argv = scancel_argv(job_id)
+        result = self._run(argv, timeout=self._timeout)
+        if result.returncode != 0 and not any(m in result.stderr for m in _ALREADY_GONE_MARKERS):
+            raise error_for(argv, result.returncode, result.stderr)
+
+    def _queued(self, names: Collection[str] = ()) -> list[JobInfo]:
+        argv = squeue_argv(names)
+        result = self._run(argv, timeout=self._timeout)
+        if result.returncode != 0:
+            raise error_for(argv, result.returncode, result.stderr)
+        return parse_squeue(result.stdout, self._tz)
+
+    def _known(self) -> list[JobInfo]:
+        argv = list(SCONTROL_SHOW_JOBS)
+        result = self._run(argv, timeout=self._timeout)
+        if result.returncode != 0:
+            raise error_for(argv, result.returncode, result.stderr)
+        return parse_scontrol_jobs(result.stdout, self._tz)
