@@ -197,6 +197,17 @@ def _observe_attempt(
         if attempt.first_step_at is None:
             changes["first_step_at"] = now
 
+    job = obs.job
+    if job is not None:
+        if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING:
+            changes["nodes"] = job.nodes
+        if job.reason:
+            changes["reason"] = job.reason
+        if job.phase is JobPhase.RUNNING and attempt.state is AttemptState.QUEUED:
+            changes["state"] = AttemptState.RUNNING
+            changes["started_at"] = job.start_time or now
+            actions.append(Emit("started", f"job {attempt.job_id} started on {job.nodes or '?'}", *key))
+
     verdict: LogMatch | None = None
     for match in obs.matches:
         if match.action is SignatureAction.FINISH:
@@ -208,17 +219,6 @@ def _observe_attempt(
                 )
         elif match.action is not SignatureAction.IGNORE and verdict is None:
             verdict = match
-
-    job = obs.job
-    if job is not None:
-        if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING:
-            changes["nodes"] = job.nodes
-        if job.reason:
-            changes["reason"] = job.reason
-        if job.phase is JobPhase.RUNNING and attempt.state is AttemptState.QUEUED:
-            changes["state"] = AttemptState.RUNNING
-            changes["started_at"] = job.start_time or now
-            actions.append(Emit("started", f"job {attempt.job_id} started on {job.nodes or '?'}", *key))
 
     if attempt.cancel_requested:
         # Our scancel may not have gone through: the job is still there, ask again.

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,19 @@ from supervisor.checkpoints import final_reached as _final_reached
 from supervisor.transfer import VERIFIED_MARKER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES_DIR = REPO_ROOT / "jobs" / "templates"
-VERIFY_MERGE_SCRIPT = REPO_ROOT / "jobs" / "lib" / "verify_merge.py"
+
+
+def _jobs_dir() -> Path:
+    """jobs/ of a source checkout, else the copy installed inside the package (supervisor._jobs)."""
+    checkout = REPO_ROOT / "jobs"
+    if (checkout / "templates").is_dir():
+        return checkout
+    return Path(str(resources.files("supervisor") / "_jobs"))
+
+
+JOBS_DIR = _jobs_dir()
+TEMPLATES_DIR = JOBS_DIR / "templates"
+VERIFY_MERGE_SCRIPT = JOBS_DIR / "lib" / "verify_merge.py"
 
 SBATCH_KINDS = ("prepare", "train", "merge")
 KINDS = (*SBATCH_KINDS, "transfer", "script")
