@@ -1,12 +1,18 @@
 """Time the full-catalogue log scan against `grep -E -f` on a synthetic training log.
 
-    .venv/bin/python bench/scan_bench.py --size-mb 1024 [--path LOG] [--keep] [--fallback]
+    .venv/bin/python bench/scan_bench.py --size-mb 1024 [--path LOG] [--runs 5] [--fallback]
 
 The log imitates an axolotl train log: tqdm bars redrawn with \\r, metric dicts, INFO/WARNING lines,
-with a few failure signatures spliced in (some glued to a tqdm fragment). The scanner reads it through
-the tailer in the daemon's chunk size; grep gets the same patterns (named groups and case-folding
-rewritten into ERE) on the same file, with a warm page cache, in the same run. Both count lines that
-match anything; the counts must agree with each other and with the number of lines spliced in.
+with a few failure signatures spliced in (some glued to a tqdm fragment). The scanner reads it as the
+daemon does (`read_new` in the daemon's chunk size, `scan_chunk` on each chunk with the tailer's line
+number); grep gets the same patterns (named groups and case-folding rewritten into ERE) on the same
+file, with a warm page cache, in the same run. Both count lines that match anything; the counts must
+agree with each other and, for a freshly generated log, with the number of lines spliced in.
+
+Each run times grep and the scanner back to back (alternating which goes first); the summary line gives
+the median of each and the median of the per-run ratios (grep time / scanner time: >= 1 means the
+scanner is at least as fast as grep), and the load average, since the numbers are only comparable on
+an otherwise idle machine. An existing --path is reused (its size is what it is) unless --regenerate.
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ import argparse
 import os
 import random
 import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.logwatch import CHUNK
 from supervisor.scanner import Catalogue
-from supervisor.tailer import DEFAULT_MAX_BYTES, TailState, read_new
+from supervisor.tailer import TailState, keep_chunk_memory, read_new
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 
@@ -131,9 +141,16 @@ def ere(pattern: str, caseless: bool) -> str:
     return out
 
 
-def scan_with_tailer(path: Path, catalogue: Catalogue, chunk: int) -> tuple[float, int, int]:
-    """Seconds, distinct matching lines, logical lines read."""
-    t0 = time.perf_counter()
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process doing the scan
+    count: int  # distinct matching lines
+
+
+def scan_with_tailer(path: Path, catalogue: Catalogue, chunk: int) -> Timing:
+    """The daemon's loop (LogWatcher.read) without the database: read_new, then scan_chunk on each chunk."""
+    t0, c0 = time.perf_counter(), time.process_time()
     state = TailState(path=path)
     lines: set[int] = set()
     while True:
@@ -144,36 +161,47 @@ def scan_with_tailer(path: Path, catalogue: Catalogue, chunk: int) -> tuple[floa
         lines.update(m.line for m in result.matches)
         lines.update(m.line for m in result.milestones)
         state = new_state
-    return time.perf_counter() - t0, len(lines), state.line_no
+    return Timing(time.perf_counter() - t0, time.process_time() - c0, len(lines))
 
 
-def grep_count(path: Path, patfile: Path) -> tuple[float, int]:
+def grep_count(path: Path, patfile: Path) -> Timing:
     env = {**os.environ, "LC_ALL": "C"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["grep", "-c", "-E", "-f", str(patfile), str(path)], capture_output=True, text=True, env=env, check=False
     )
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"grep failed: {proc.stderr.strip()}")
-    return elapsed, int(proc.stdout.strip() or 0)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Timing(elapsed, cpu, int(proc.stdout.strip() or 0))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--path", type=Path, help="log to write (default: a temp dir, removed afterwards)")
-    parser.add_argument("--keep", action="store_true", help="keep an existing --path instead of regenerating")
-    parser.add_argument("--chunk-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20)
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs per tool; the best is reported")
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of a generated log (default 1024)")
+    parser.add_argument("--path", type=Path, help="log to reuse, or to generate when missing (default: a temp file)")
+    parser.add_argument("--regenerate", action="store_true", help="rewrite an existing --path")
+    parser.add_argument("--chunk-mb", type=float, default=CHUNK / 2**20, help="read_new max_bytes (the daemon's)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each tool; medians are reported")
+    parser.add_argument(
+        "--no-keep-chunk-memory",
+        action="store_true",
+        help="skip the allocator tuning the daemon does at start (tailer.keep_chunk_memory)",
+    )
     parser.add_argument("--fallback", action="store_true", help="also time the pure-re engine")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if not args.no_keep_chunk_memory:
+        keep_chunk_memory()  # as `supervisor daemon` does at start
 
     with tempfile.TemporaryDirectory(prefix="scan-bench-") as tmp:
         path = args.path or Path(tmp) / "train.log"
-        if args.keep and path.exists():
-            expected = None
-        else:
+        expected = None
+        if args.regenerate or not path.exists():
             t0 = time.perf_counter()
             expected = generate(path, args.size_mb * 2**20)
             print(f"generated {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
@@ -184,30 +212,50 @@ def main(argv: list[str] | None = None) -> int:
         chunk = int(args.chunk_mb * 2**20)
 
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-        engines = [("scanner[" + catalogue.engine_name + "]", catalogue)]
+        grep = "grep -E -f"
+        engines = {"scanner[" + catalogue.engine_name + "]": catalogue}
         if args.fallback:
-            engines.append(("scanner[regex]", Catalogue.load(engine="regex")))
-        results: dict[str, tuple[float, int]] = {}
-        for _ in range(args.repeat):
-            g = grep_count(path, patfile)
-            results["grep -E -f"] = min(results.get("grep -E -f", g), g)
-            for name, cat in engines:
-                secs, count, _lines = scan_with_tailer(path, cat, chunk)
-                results[name] = min(results.get(name, (secs, count)), (secs, count))
+            engines["scanner[regex]"] = Catalogue.load(engine="regex")
+        timings: dict[str, list[Timing]] = {name: [] for name in (grep, *engines)}
+        load_before = os.getloadavg()[0]
+        for run in range(args.runs):
+            order = list(timings)
+            for name in order if run % 2 == 0 else reversed(order):
+                timings[name].append(
+                    grep_count(path, patfile) if name == grep else scan_with_tailer(path, engines[name], chunk)
+                )
+        load_after = os.getloadavg()[0]
 
-        grep_secs, grep_n = results["grep -E -f"]
-        print(f"file: {size / 2**20:.0f} MiB, {len(catalogue.patterns())} patterns, chunk {chunk / 2**20:g} MiB")
+        print(
+            f"file: {path} {size / 2**20:.0f} MiB, {len(catalogue.patterns())} patterns, "
+            f"read_new max_bytes {chunk / 2**20:g} MiB"
+        )
         if expected is not None:
             print(f"spliced matching lines: {expected}")
-        ok = True
-        for name, (secs, count) in results.items():
-            ratio = grep_secs / secs
+        found = {name: {t.count for t in runs} for name, runs in timings.items()}
+        ok = len(found[grep]) == 1 and (expected is None or found[grep] == {expected})
+        for name, runs in timings.items():
+            wall = statistics.median(t.wall for t in runs)
+            cpu = statistics.median(t.cpu for t in runs)
+            spread = f"{min(t.wall for t in runs):.3f}-{max(t.wall for t in runs):.3f}"
+            counts = "/".join(str(c) for c in sorted(found[name]))
             print(
-                f"{name:22s} {secs:7.3f} s  {size / secs / 1e9:5.2f} GB/s  matching lines {count:4d}"
-                f"  speed vs grep x{ratio:.2f}"
+                f"{name:20s} wall median {wall:6.3f} s ({spread})  cpu median {cpu:6.3f} s  "
+                f"{size / wall / 1e9:5.2f} GB/s  matching lines {counts}"
             )
-            ok = ok and count == grep_n and (expected is None or count == expected)
+            ok = ok and found[name] == found[grep]
         print("counts agree" if ok else "COUNT MISMATCH")
+        for name in engines:
+            # Per-run ratios, so a load spike during one run skews one ratio instead of both medians.
+            wall_ratio = statistics.median(g.wall / t.wall for g, t in zip(timings[grep], timings[name], strict=True))
+            cpu_ratio = statistics.median(g.cpu / t.cpu for g, t in zip(timings[grep], timings[name], strict=True))
+            verdict = "at least as fast as grep" if wall_ratio >= 1 else "slower than grep"
+            print(
+                f"SUMMARY {name}: grep {statistics.median(t.wall for t in timings[grep]):.3f} s, "
+                f"scanner {statistics.median(t.wall for t in timings[name]):.3f} s, speed vs grep x{wall_ratio:.2f} "
+                f"wall, x{cpu_ratio:.2f} cpu ({verdict}; median of {args.runs} runs on {size / 2**20:.0f} MiB; "
+                f"load average {load_before:.2f} -> {load_after:.2f})"
+            )
         return 0 if ok else 1
 
 

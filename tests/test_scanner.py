@@ -52,6 +52,21 @@ def test_ansi_escapes_are_stripped(catalogue: Catalogue) -> None:
     assert "CUDA out of memory" in match.text
 
 
+def test_escape_after_a_match_still_strips_and_keeps_every_match(catalogue: Catalogue) -> None:
+    data = (
+        b"srun: error: Node failure on node07\n"
+        + b"plain\r" * 500
+        + b"\x1b[31mOSError: [Errno 28] \x1b[1mNo space\x1b[0m left on device\n"
+        + b"\x1b lone escape, then CUDA out of memory\n"
+    )
+    result = catalogue.scan_chunk(data, 1)
+    assert [(m.signature, m.line) for m in result.matches] == [
+        ("slurm_node_failure", 1),
+        ("disk_full", 502),
+        ("cuda_oom", 503),
+    ]
+
+
 def test_text_is_capped_around_the_match(catalogue: Catalogue) -> None:
     line = "x" * 5000 + " CUDA out of memory " + "y" * 5000
     [match] = catalogue.scan(line.encode() + b"\n", 1)

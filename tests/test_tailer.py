@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from pathlib import Path
 
@@ -160,3 +161,36 @@ def test_state_dict_round_trip(tmp_path: Path) -> None:
     state = TailState(path=tmp_path / "a.log", inode=42, offset=7, line_no=3, in_long_line=True)
     assert TailState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
     assert TailState.from_dict({"path": "/x"}) == TailState(path=Path("/x"))
+
+
+def test_count_lines_matches_a_per_byte_count_at_any_density() -> None:
+    rng = random.Random(3)
+    for size, density in [(10, 0.5), (70_000, 0.01), (300_000, 0.3), (300_000, 0.0), (200_000, 1.0)]:
+        data = bytes(rng.choice(b"\r\n") if rng.random() < density else rng.choice(b"ab \x1b") for _ in range(size))
+        assert count_lines(data) == sum(1 for b in data if b in b"\r\n")
+
+
+def test_large_windows_split_on_line_breaks(tmp_path: Path) -> None:
+    # Lines of every length, a few longer than the tail the tailer probes for the last break of a window.
+    rng = random.Random(5)
+    parts = []
+    for _ in range(300):
+        length = rng.choice([0, 1, 40, 90, 300, 5000, 70_000, 200_000])
+        parts.append(b"x" * length + rng.choice([b"\n", b"\r", b"\r\n"]))
+    payload = b"".join(parts)
+    log = tmp_path / "job.log"
+    log.write_bytes(payload + b"unfinished")
+    for max_bytes in (1000, 65_536, 100_000, 1024 * 1024, 8 * 1024 * 1024):
+        state = TailState(path=log)
+        out = []
+        while True:
+            new_state, data = read_new(state, max_bytes, max_line=len(payload))
+            if not data:
+                break
+            assert data[-1:] in (b"\r", b"\n")
+            assert len(data) <= max(max_bytes, 200_001)
+            assert new_state.line_no - state.line_no == count_lines(data)
+            out.append(data)
+            state = new_state
+        assert b"".join(out) == payload
+        assert (state.offset, state.line_no) == (len(payload), count_lines(payload))
