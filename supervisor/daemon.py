@@ -20,6 +20,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor.service import Supervisor
+from supervisor.tailer import keep_chunk_memory
 
 log = structlog.get_logger("supervisor.daemon")
 LOCK_NAME = "supervisor.lock"
@@ -69,6 +70,8 @@ class Daemon:
         # The interval pass and the log wake-ups never overlap: both change the same rows.
         self._tick_lock = threading.Lock()
         self._last_wake = 0.0
+        # Set by every wake-up, cleared when a pass starts reading: a change seen during a pass is not lost.
+        self._woken = threading.Event()
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
@@ -77,23 +80,32 @@ class Daemon:
         """A watched log changed: read the logs soon, without asking the cluster (no squeue storms)."""
         if self.stop_requested.is_set() or not self.scheduler.running:
             return
-        at = max(time.monotonic(), self._last_wake + MIN_WAKE_INTERVAL)
+        self._woken.set()
+        now = time.monotonic()
+        if self._last_wake > now:
+            return  # a pass is already due and reads this change too; rescheduling would postpone it
+        at = max(now, self._last_wake + MIN_WAKE_INTERVAL)
         self._last_wake = at
         run_date = datetime.now(UTC) + timedelta(seconds=at - time.monotonic())
+        # Two instances: a wake-up due while a pass runs waits for the lock instead of being skipped.
         self.scheduler.add_job(self._tick, "date", run_date=run_date, kwargs={"poll": False}, id=WAKE_JOB,
-                               replace_existing=True, misfire_grace_time=None)
+                               replace_existing=True, misfire_grace_time=None, max_instances=2)
 
     def _flush(self) -> None:
         self.supervisor.flush_outbox()
 
     def _tick(self, poll: bool = True) -> None:
         with self._tick_lock:
+            self._woken.clear()
             try:
                 report = self.supervisor.tick(poll=poll)
             except Exception:
                 # A bug or a broken disk must not kill the babysitter silently: log it, try again next tick.
                 log.exception("tick_failed")
                 return
+            finally:
+                if self._woken.is_set():
+                    self.wake()  # a log changed after this pass had read it (its wake-up may have been skipped)
         if not poll:
             return
         self.supervisor.logs.watch(self.supervisor.live_log_dirs())
@@ -104,6 +116,7 @@ class Daemon:
             log.debug("tick", runs=report.runs, actions=report.actions)
 
     def run(self) -> None:
+        keep_chunk_memory()
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
         self.supervisor.logs.start(self.wake)
