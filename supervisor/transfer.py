@@ -70,6 +70,11 @@ def rsync_argv(source: Path, destination: str, *, rsync: str = "rsync", extra: S
     ]
 
 
+def is_local(destination: str) -> bool:
+    """Whether rsync reads ``destination`` as a local path (not ``host:path`` nor ``rsync://...``)."""
+    return not (destination.startswith("rsync://") or ":" in destination.split("/", 1)[0])
+
+
 def verify_argv(source: Path, destination: str, *, rsync: str = "rsync") -> list[str]:
     return [rsync, "-a", "--checksum", "--dry-run", "--itemize-changes", _source_arg(source), destination]
 
@@ -176,6 +181,12 @@ def transfer(
     """
     if not source.is_dir():
         raise TransferError(f"{source}: not a directory", permanent=True)
+    if is_local(destination):
+        # rsync creates the last path component only: a missing parent fails every retry with code 11.
+        try:
+            Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TransferError(f"cannot create the destination's parent: {exc}", permanent=True) from None
     argv = rsync_argv(source, destination, rsync=rsync, extra=extra)
     delays = backoff_delays(attempts, backoff, max_backoff)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,58 @@ def test_main_prints_the_verified_marker(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert transfer.VERIFIED_MARKER in out
     assert transfer.main([str(tmp_path / "nope"), str(tmp_path / "dest")]) == 1
+
+
+def test_interrupted_transfer_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """A real rsync killed mid-transfer: the retry sends only what is missing, and verifies clean."""
+    source = tmp_path / "bulk"
+    source.mkdir()
+    size = 4 * 1024 * 1024
+    for i in range(4):
+        (source / f"shard-{i}.bin").write_bytes(os.urandom(size))
+    destination = tmp_path / "bulk-dest"
+
+    # Throttled so that it is still running after the first file; killed then, as a dropped link would.
+    proc = subprocess.Popen(
+        transfer.rsync_argv(source, str(destination), extra=["--bwlimit=4096"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def one_file_done() -> bool:
+        return destination.is_dir() and any(p.stat().st_size == size for p in destination.glob("shard-*.bin"))
+
+    deadline = time.monotonic() + 120  # bounds a hang; not a claim about speed
+    while not one_file_done() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "rsync finished before it could be interrupted"
+    proc.kill()
+    proc.wait()
+    assert transfer.verify(source, str(destination)), "nothing left to send after the interruption?"
+
+    result = transfer.transfer(source, str(destination), attempts=2, backoff=0.0)
+    assert result.progress is not None and result.progress.files_transferred is not None
+    assert result.progress.files_transferred < 4, "the resumed transfer started over"
+    assert transfer.verify(source, str(destination)) == []
+
+
+@pytest.mark.parametrize(
+    ("destination", "local"),
+    [
+        ("/home/me/models/tiny", True),
+        ("models/tiny", True),
+        ("./a:b", True),
+        ("login01:/home/me/models", False),
+        ("me@login01:models", False),
+        ("rsync://mirror/models", False),
+    ],
+)
+def test_is_local(destination: str, local: bool) -> None:
+    assert transfer.is_local(destination) is local
+
+
+def test_local_destination_parents_are_created(tmp_path: Path) -> None:
+    source = tree(tmp_path / "merged")
+    dest = tmp_path / "home" / "models" / "tiny"  # neither home/ nor models/ exists yet
+    transfer.transfer_and_verify(source, str(dest), attempts=1, sleep=lambda s: None)
+    assert transfer.verify(source, str(dest)) == []
