@@ -253,6 +253,11 @@ def _observe_attempt(
     if job is not None and job.phase is JobPhase.HELD:
         actions.insert(0, UpdateAttempt(stage.name, attempt.number, changes))
         actions.append(Cancel(stage.name, attempt.number, Outcome.OPERATOR, "held"))
+        # An operator held it: like their scancel, a human decides what happens next.
+        actions.append(Emit("paused_by_operator", f"job {attempt.job_id} was held outside the supervisor; run paused",
+                            *key))
+        if run.state is not RunState.PAUSED:
+            actions.append(SetRun(RunState.PAUSED))
         return actions
 
     if job is not None and job.phase.finished:
@@ -295,8 +300,13 @@ def _observe_attempt(
 
 
 def _ended(job: JobInfo, now: datetime, state: AttemptState) -> dict[str, object]:
-    return {"state": state, "ended_at": job.end_time or now, "exit_code": job.exit_code,
-            **({"nodes": job.nodes} if job.nodes else {})}
+    changes: dict[str, object] = {"state": state, "ended_at": job.end_time or now, "exit_code": job.exit_code}
+    if job.nodes:
+        changes["nodes"] = job.nodes
+    if job.start_time is not None:
+        # A job that ran and ended between two polls was never seen running: keep when it started.
+        changes["started_at"] = job.start_time
+    return changes
 
 
 def _outcome_for(action: SignatureAction, work_done: bool) -> Outcome:

@@ -87,8 +87,8 @@ class Harness:
                 raise AssertionError(f"daemon exited ({self.daemon.returncode}) while waiting for {what}:\n"
                                      + self.daemon_log.read_text()[-3000:])
             time.sleep(0.3)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" + self.daemon_log.read_text()[-3000:]
-                             if self.daemon_log.exists() else "")
+        tail = self.daemon_log.read_text()[-3000:] if self.daemon_log.exists() else ""
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
     def wait_state(self, name: str, states: Sequence[str] | str, timeout: float = 120) -> dict[str, Any]:
         wanted = {states} if isinstance(states, str) else set(states)

@@ -113,6 +113,10 @@ def test_held_job_is_an_operator_action() -> None:
     run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.HELD))}, T0)
     assert core.Cancel("a", 1, Outcome.OPERATOR, "held") in actions
+    assert core.SetRun(RunState.PAUSED) in actions
+    # Once the held job is gone the paused run submits nothing until `resume`.
+    gone = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.OPERATOR, cause="held", ended_at=T0)
+    assert core.advance(RunView("r", RunState.PAUSED, (stage("a", attempts=(gone,)),)), T0) == []
 
 
 def match(name: str, action: SignatureAction, node: str | None = None) -> LogMatch:
@@ -221,3 +225,20 @@ def test_signature_with_resubmit_limit_fails_when_it_comes_back() -> None:
         "r", RunState.RUNNING, (stage("a", attempts=(running(1),)),), resubmit_limits={"illegal_memory_access": 1}
     )
     assert core.Cancel("a", 1, Outcome.RESUBMIT, "illegal_memory_access") in core.observe(run_once, {("a", 1): obs}, T0)
+
+
+def test_job_first_seen_ended_keeps_its_start_time() -> None:
+    queued = AttemptView(number=1, state=AttemptState.QUEUED, job_id="101")
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(queued,)),))
+    started = T0 + timedelta(seconds=5)
+    info = JobInfo(
+        job_id="101",
+        name="t",
+        phase=JobPhase.COMPLETED,
+        exit_code=0,
+        start_time=started,
+        end_time=T0 + timedelta(seconds=9),
+    )
+    update = core.observe(run, {("a", 1): Observation(job=info)}, T0 + timedelta(seconds=30))[0]
+    assert isinstance(update, core.UpdateAttempt)
+    assert update.changes["started_at"] == started and update.changes["state"] is AttemptState.SUCCEEDED
