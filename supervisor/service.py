@@ -29,7 +29,15 @@ from supervisor.logwatch import LogWatcher
 from supervisor.models import Attempt, Event, ExcludedNode, Run, Stage
 from supervisor.notify import RunChannels, deliver, enqueue, send_test, undelivered
 from supervisor.spec import RunSpec, StageSpec, load_spec
-from supervisor.types import AttemptState, JobInfo, JobPhase, RunState, StageState, SubmitRequest
+from supervisor.types import (
+    AttemptState,
+    JobInfo,
+    JobPhase,
+    RunState,
+    SignatureAction,
+    StageState,
+    SubmitRequest,
+)
 
 log = structlog.get_logger("supervisor")
 
@@ -317,19 +325,35 @@ class Supervisor:
         by_backend: dict[str, list[tuple[int, str]]] = {}
         for attempt_id, tag, backend in rows:
             by_backend.setdefault(backend, []).append((attempt_id, tag))
+        now = self.now()
         for backend, items in by_backend.items():
+            if self._poll_not_before.get(backend, now) > now:
+                continue  # the cluster is not answering: the lookup waits out the same backoff as polls
+            # Look for launchers before asking the cluster: one that exits during the query may have
+            # created its job too late for the answer, and must not be mistaken for one that never did.
+            launching = {tag for _, tag in items if _process_with_tag_alive(tag)}
             try:
                 found = self.cluster(backend).find_by_tag([tag for _, tag in items])
             except ClusterError as exc:
-                log.warning("reconcile_unknown", backend=backend, error=str(exc))
+                n = self._unreachable(backend, now)
+                log.warning("reconcile_unknown", backend=backend, error=str(exc), failures=n)
                 continue
+            self._poll_failures.pop(backend, None)
+            self._poll_not_before.pop(backend, None)
             for attempt_id, tag in items:
                 info = found.get(tag)
                 if info is not None:
                     self._adopt(attempt_id, info)
-                elif not _process_with_tag_alive(tag):
+                elif tag not in launching:
                     # Not in the queue and no submitting process left: sbatch never ran (or failed).
                     self._submit_attempt(attempt_id)
+
+    def _unreachable(self, backend: str, now: datetime) -> int:
+        """Count one more failed query of ``backend`` and push its next one back (exponentially)."""
+        n = self._poll_failures.get(backend, 0) + 1
+        self._poll_failures[backend] = n
+        self._poll_not_before[backend] = now + timedelta(seconds=min(5 * 2 ** (n - 1), 300))
+        return n
 
     def _adopt(self, attempt_id: int, info: JobInfo) -> None:
         with self.sessions.begin() as session:
@@ -340,6 +364,12 @@ class Supervisor:
             attempt.state = AttemptState.QUEUED.value
             attempt.log_path = (attempt.log_path or "").replace("%j", info.job_id)
             log.info("adopted", tag=attempt.tag, job_id=info.job_id)
+            # The crash came between submission and its record: the event was never written.
+            self._event(session, attempt.stage.run, "submitted",
+                        f"{attempt.stage.name} attempt {attempt.number}: job {info.job_id} ({attempt.backend}),"
+                        " found on the cluster after a restart",
+                        attempt.stage.name, attempt.number,
+                        {"job_id": info.job_id, "tag": attempt.tag, "adopted": True})
 
     def poll(self) -> tuple[dict[str, dict[str, JobInfo] | None], list[str]]:
         """One batched query per backend for all live jobs. None for a backend that did not answer."""
@@ -363,9 +393,7 @@ class Supervisor:
                 infos = self.cluster(backend).poll(ids)
             except ClusterError as exc:
                 # Unknown, not failed. Back off so a struggling slurmctld is not hammered.
-                n = self._poll_failures.get(backend, 0) + 1
-                self._poll_failures[backend] = n
-                self._poll_not_before[backend] = now + timedelta(seconds=min(5 * 2 ** (n - 1), 300))
+                n = self._unreachable(backend, now)
                 log.warning("poll_failed", backend=backend, error=str(exc), failures=n)
                 result[backend] = None
                 failed.append(backend)
@@ -384,6 +412,15 @@ class Supervisor:
             result[backend] = infos
         return result, failed
 
+    def _poll_one(self, backend: str, job_id: str | None) -> JobInfo | None:
+        if job_id is None:
+            return None
+        try:
+            return self.cluster(backend).poll([job_id]).get(job_id)
+        except ClusterError as exc:
+            log.warning("poll_failed", backend=backend, error=str(exc), job_id=job_id)
+            return None
+
     def step_run(self, run_id: int, infos: Mapping[str, Mapping[str, JobInfo] | None]) -> int:
         now = self.now()
         with self.sessions() as session:
@@ -399,6 +436,11 @@ class Supervisor:
                 backend_infos = infos.get(attempt.backend)
                 job = backend_infos.get(attempt.job_id or "") if backend_infos is not None else None
                 seen = self.logs.read(run, attempt)
+                if (job is None and attempt.backend not in infos and not attempt.nodes
+                        and any(m.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and m.node is None
+                                for m in seen.matches)):
+                    # A log wake-up saw a fault on "the job's nodes" before any poll learnt them.
+                    job = self._poll_one(attempt.backend, attempt.job_id)
                 if seen.tail:
                     tails[attempt.id] = seen.tail
                 stage = next(s for s in run.stages if s.id == attempt.stage_id)
@@ -514,8 +556,10 @@ class Supervisor:
             backend, tag = attempt.backend, attempt.tag
             try:
                 request, notes = self._request(session, run, stage, attempt)
-            except (pipeline.PipelineError, AxolotlConfigError) as exc:
-                permanent = getattr(exc, "permanent", True)
+            except (pipeline.PipelineError, AxolotlConfigError, OSError) as exc:
+                # OSError (writing the rendered job, cleaning prepared data) may pass: let the budget decide.
+                # Uncaught, it would fail every tick and leave the attempt SUBMITTING with nobody told.
+                permanent = getattr(exc, "permanent", not isinstance(exc, OSError))
                 request, notes = None, {"error": str(exc), "permanent": permanent}
         if request is None:
             self._refuse(attempt_id, str(notes["error"]), permanent=bool(notes["permanent"]))
@@ -622,7 +666,7 @@ def _describe(notes: Mapping[str, Any]) -> str:
     if "moved_aside" in notes:
         parts.append(f"moved incomplete checkpoints aside: {', '.join(notes['moved_aside'])}")
     if "cleaned" in notes:
-        parts.append(f"emptied the half-written prepared dataset ({len(notes['cleaned'])} entries)")
+        parts.append(f"emptied the half-written prepared dataset: removed {', '.join(notes['cleaned'])}")
     return "; ".join(parts)
 
 
