@@ -30,3 +30,6 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
     )
     # Libraries that log through the stdlib (APScheduler, alembic) go to the same stream, quieter.
     logging.basicConfig(stream=stream, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # "skipped: maximum number of running instances reached" every interval while a pass waits on a slow
+    # slurmctld says nothing the supervisor's own poll_failed lines do not; keep its real errors.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
