@@ -66,7 +66,9 @@ def hostname_short() -> str:
     return subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = JOB_TIMEOUT_S) -> T:
+def wait_until(
+    check: Callable[[], T | None], what: str, timeout: float = JOB_TIMEOUT_S, interval: float = 0.2
+) -> T:
     """Poll ``check`` until it returns something other than None."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,7 +77,7 @@ def wait_until(check: Callable[[], T | None], what: str, timeout: float = JOB_TI
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def wait_phase(

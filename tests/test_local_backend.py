@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -20,19 +19,14 @@ from supervisor.backends import default_backend, make_cluster
 from supervisor.backends.local import LocalCluster, expand_log_pattern, job_info_from_record
 from supervisor.types import JobInfo, JobPhase, SubmitRequest
 
+from slurm_fixtures import wait_until as shared_wait_until
+
 T = TypeVar("T")
 WAIT_S = 60.0  # bounds a hang; not a claim about speed
 
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = WAIT_S) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return shared_wait_until(check, what, timeout, interval=0.05)
 
 
 def wait_finished(cluster: LocalCluster, job_id: str) -> JobInfo:
