@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A one-machine SLURM cluster for the tests and the demo.
 #
-#   deploy/slurm-cluster.sh start       install (if needed) and start munged, slurmctld, slurmd
+#   deploy/slurm-cluster.sh start       install (if needed) and start munged, slurmctld, slurmd (a cold start forgets old jobs)
 #   deploy/slurm-cluster.sh stop        stop the daemons this script started (by pidfile)
 #   deploy/slurm-cluster.sh status      show daemons and `sinfo`; exit 0 only if the node answers
 #   deploy/slurm-cluster.sh env         print `export SLURM_CONF=...` for clients
@@ -166,13 +166,19 @@ start_munge() {
     die "munged did not come up (see /var/log/munge/munged.log)"
 }
 
-start_ctld() {
+start_ctld() { # [fresh]: forget the jobs of an earlier life of this cluster
+    local clear=()
     if pid_alive "$CTLD_PID"; then
         return
     fi
     rm -f "$CTLD_PID"
-    # Without -c the controller recovers jobs from StateSaveLocation, so a restart keeps them.
-    SLURM_CONF="$CONF" slurmctld -f "$CONF"
+    # Without -c the controller recovers jobs from StateSaveLocation, so `start-ctld` after `stop-ctld`
+    # keeps them. A cold `start` clears them: jobs left from a previous boot or session would be requeued
+    # and hold the node's CPUs (SLURM_DEV_KEEP_STATE=1 keeps them anyway).
+    if [[ ${1:-} == fresh && ${SLURM_DEV_KEEP_STATE:-0} != 1 ]]; then
+        clear=(-c)
+    fi
+    SLURM_CONF="$CONF" slurmctld -f "$CONF" "${clear[@]}"
     wait_for "slurmctld answering" ctld_answers
 }
 
@@ -236,7 +242,7 @@ cmd_start() {
     install_packages
     write_conf
     start_munge
-    start_ctld
+    start_ctld fresh
     start_slurmd
     if ((CONF_CHANGED)); then
         log "slurm.conf changed; asking running daemons to reread it"
