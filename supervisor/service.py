@@ -449,7 +449,8 @@ class Supervisor:
                     job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output,
                     work_finished=finished, succeeded=succeeded)
         actions = core.observe(view, observations, now)
-        self.apply(run_id, actions, tails)
+        if not self.apply(run_id, view.state, actions, tails):
+            return 0
         total = len(actions)
         for _ in range(len(view.stages) + 2):
             with self.sessions() as session:
@@ -457,9 +458,8 @@ class Supervisor:
                 assert run is not None
                 view = _view(session, run)
             actions = core.advance(view, now)
-            if not actions:
+            if not actions or not self.apply(run_id, view.state, actions, {}):
                 break
-            self.apply(run_id, actions, {})
             total += len(actions)
         return total
 
@@ -480,10 +480,29 @@ class Supervisor:
 
     # ---- acting ----------------------------------------------------------------------------------
 
-    def apply(self, run_id: int, actions: Sequence[core.Action], tails: Mapping[int, Mapping[str, Any]]) -> None:
-        """Record every state change in one transaction, then carry out the side effects in order."""
+    def apply(
+        self,
+        run_id: int,
+        decided_in: RunState,
+        actions: Sequence[core.Action],
+        tails: Mapping[int, Mapping[str, Any]],
+    ) -> bool:
+        """Record every state change in one transaction, then carry out the side effects in order.
+
+        Conditional on the run still being in ``decided_in``: when a `cancel`, `pause` or `retry` moved it
+        meanwhile, nothing is written (log offsets included) and the next pass decides afresh.
+        """
+        if not actions and not tails:
+            return True
         effects: list[tuple[str, int]] = []
         with self.sessions.begin() as session:
+            # First statement of the transaction: takes SQLite's write lock, so the check holds to the commit.
+            moved = session.execute(
+                update(Run).where(Run.id == run_id, Run.state == decided_in.value).values(updated_at=self.now())
+            )
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                log.info("run_changed_meanwhile", run_id=run_id, decided_in=decided_in.value)
+                return False
             run = session.get(Run, run_id)
             assert run is not None
             attempts = {(a.stage.name, a.number): a for s in run.stages for a in self._attempts(session, s)}
@@ -517,12 +536,12 @@ class Supervisor:
                     stage = next(s for s in run.stages if s.name == action.stage)
                     attempt = self._new_attempt(session, run, stage, action.number)
                     effects.append(("submit", attempt.id))
-            run.updated_at = self.now()
         for effect, attempt_id in effects:
             if effect == "cancel":
                 self._cancel_attempt(attempt_id)
             else:
                 self._submit_attempt(attempt_id)
+        return True
 
     def _exclude(self, session: Session, run: Run, action: core.ExcludeNode) -> None:
         until = self.now() + EXCLUDE_FOR

@@ -406,7 +406,7 @@ def racing(tmp_path: Path) -> Iterator[tuple[Supervisor, _RacingCluster, str]]:
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"name: r\nbackend: slurm\nworkdir: {tmp_path / 'w'}\nstages:\n  - name: s\n    script: {script}\n")
     sv.register(spec, "slurm")
-    sv.apply(1, [core.SetRun(RunState.RUNNING), core.Submit("s", 1)], {})
+    sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Submit("s", 1)], {})
     assert len(cluster.submitted) == 1
     try:
         yield sv, cluster, cluster.submitted[0]
