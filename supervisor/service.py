@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from supervisor import core, pipeline
 from supervisor.abc import Clock, Cluster, ClusterError, SystemClock
 from supervisor.axolotl import AxolotlConfigError
 from supervisor.backends import make_cluster
+from supervisor.checkpoints import list_checkpoints
 from supervisor.db import open_database
 from supervisor.logwatch import LogWatcher
 from supervisor.models import Attempt, Event, ExcludedNode, Run, Stage
@@ -111,8 +112,13 @@ class Supervisor:
         attempt: int | None = None,
         data: Mapping[str, Any] | None = None,
     ) -> Event:
+        details = dict(data or {})
+        if stage is not None and attempt is not None:
+            details = {**self._attempt_facts(session, run, stage, attempt), **details}
+        if "text" in details and "log_line" not in details:
+            details["log_line"] = details["text"]
         event = Event(run_id=run.id, at=self.now(), kind=kind, stage=stage, attempt=attempt,
-                      message=message, data=dict(data or {}))
+                      message=message, data=details)
         session.add(event)
         session.flush()
         # Same transaction as the state change: a notification is never lost nor sent for a rolled-back change.
@@ -121,6 +127,25 @@ class Supervisor:
         if self.on_event is not None:
             self.on_event(event)
         return event
+
+    def _attempt_facts(self, session: Session, run: Run, stage: str, number: int) -> dict[str, Any]:
+        """What a notification about this attempt can say: job id, progress, ETA, node-hours spent."""
+        row = session.scalar(
+            select(Attempt).join(Stage).where(Stage.run_id == run.id, Stage.name == stage, Attempt.number == number))
+        if row is None:
+            return {}
+        facts: dict[str, Any] = {}
+        if row.job_id:
+            facts["job_id"] = row.job_id
+        if row.started_at is not None:
+            elapsed = ((row.ended_at or self.now()) - row.started_at).total_seconds()
+            facts["node_hours"] = round(count_hosts(row.nodes or "") * max(elapsed, 0.0) / 3600, 2)
+            if row.progress_step and row.progress_total and row.progress_step < row.progress_total:
+                facts["eta_s"] = round(elapsed * (row.progress_total - row.progress_step) / row.progress_step)
+        if row.progress_step is not None:
+            facts["progress_step"] = row.progress_step
+            facts["progress_total"] = row.progress_total
+        return facts
 
     def _set_run_state(self, session: Session, run: Run, old: Iterable[RunState], new: RunState) -> bool:
         result = session.execute(
@@ -444,9 +469,12 @@ class Supervisor:
                 if seen.tail:
                     tails[attempt.id] = seen.tail
                 stage = next(s for s in run.stages if s.id == attempt.stage_id)
-                finished, succeeded = self._kind_checks(run, stage, attempt, job)
+                finished, succeeded, saved_at = self._kind_checks(run, stage, attempt, job)
+                # A checkpoint written since the last sign of life counts as one: saving can be silent.
+                last_sign = attempt.last_output_at or attempt.started_at
+                saving = saved_at is not None and (last_sign is None or saved_at > last_sign)
                 observations[(stage.name, attempt.number)] = core.Observation(
-                    job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output,
+                    job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output or saving,
                     work_finished=finished, succeeded=succeeded)
         actions = core.observe(view, observations, now)
         if not self.apply(run_id, view.state, actions, tails):
@@ -463,20 +491,28 @@ class Supervisor:
             total += len(actions)
         return total
 
-    def _kind_checks(self, run: Run, stage: Stage, attempt: Attempt, job: JobInfo | None) -> tuple[bool, bool | None]:
-        """The pipeline kinds' file checks: is training's final checkpoint complete; did the stage succeed."""
+    def _kind_checks(
+        self, run: Run, stage: Stage, attempt: Attempt, job: JobInfo | None
+    ) -> tuple[bool, bool | None, datetime | None]:
+        """The pipeline kinds' file checks: is training's final checkpoint complete, did the stage succeed,
+        and when was the newest checkpoint written."""
         if stage.kind == "script":
-            return False, None
+            return False, None, None
         ctx = self.context(run, stage.name, stage.kind, attempt.number)
+        saved_at = None
         try:
             finished = stage.kind == "train" and pipeline.training_finished(ctx)
+            if stage.kind == "train":
+                found = list_checkpoints(pipeline.load_axolotl_config(ctx).output_dir)
+                if found:
+                    saved_at = datetime.fromtimestamp(found[-1].path.stat().st_mtime, UTC)
             succeeded = None
             if job is not None and job.phase.finished:
                 succeeded = pipeline.check_success(ctx, job.exit_code, _log_tail(attempt.log_path))
         except (pipeline.PipelineError, AxolotlConfigError, OSError) as exc:
             log.warning("kind_check_failed", run=run.name, stage=stage.name, error=str(exc))
-            return False, None
-        return finished, succeeded
+            return False, None, None
+        return finished, succeeded, saved_at
 
     # ---- acting ----------------------------------------------------------------------------------
 
@@ -676,6 +712,33 @@ class Supervisor:
             session.execute(update(Attempt).where(Attempt.id == attempt_id, Attempt.state.in_(LIVE))
                             .values(state=AttemptState.CANCELLED.value, ended_at=self.now()))
         log.info("job_cancelled", job_id=job_id)
+
+
+def count_hosts(hostlist: str) -> int:
+    """Hosts in a SLURM hostlist such as ``lrdn[0101-0104,0200],gpu7`` (0 for an empty one)."""
+    count, depth, item = 0, 0, ""
+    for char in hostlist + ",":
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "," and depth == 0:
+            if item:
+                count += _count_item(item)
+            item = ""
+        else:
+            item += char
+    return count
+
+
+def _count_item(item: str) -> int:
+    if "[" not in item:
+        return 1
+    total = 0
+    for part in item[item.index("[") + 1 : item.rindex("]")].split(","):
+        low, _, high = part.partition("-")
+        total += (int(high) - int(low) + 1) if high and low.isdigit() and high.isdigit() else 1
+    return total
 
 
 def _describe(notes: Mapping[str, Any]) -> str:

@@ -183,8 +183,16 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
             raise SpecError(path, f"stages[{i}].script", f"file not readable: {stage.script}")
         stages.append(stage.model_copy(update={"script": script, "venv": _resolve(base, stage.venv)}))
     axolotl_config = _resolve(base, spec.axolotl_config)
-    if axolotl_config is not None and not axolotl_config.is_file():
-        raise SpecError(path, "axolotl_config", f"file not found: {spec.axolotl_config}")
+    if axolotl_config is not None:
+        if not axolotl_config.is_file():
+            raise SpecError(path, "axolotl_config", f"file not found: {spec.axolotl_config}")
+        from supervisor.axolotl import AxolotlConfigError, load_config
+
+        try:
+            # A config the pipeline cannot work with fails here, not hours later in a queued job.
+            load_config(axolotl_config, base_dir=base)
+        except AxolotlConfigError as exc:
+            raise SpecError(path, "axolotl_config", str(exc)) from None
     workdir = _resolve(base, spec.workdir) or (base / "runs" / spec.name)
     return spec.model_copy(
         update={

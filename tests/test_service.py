@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from pathlib import Path
 
 from supervisor import core
 from supervisor.service import Supervisor
-from supervisor.types import JobInfo, RunState, SubmitRequest
+from supervisor.types import JobInfo, JobPhase, RunState, SubmitRequest
 
 
 class RecordingCluster:
@@ -34,7 +35,9 @@ def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
     cluster = RecordingCluster()
     sv = Supervisor(tmp_path / "home", clusters={"slurm": cluster})
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"name: r\nbackend: slurm\nworkdir: {tmp_path / 'w'}\nstages:\n  - name: s\n    command: [echo]\n")
+    script = tmp_path / "s.sbatch"
+    script.write_text("#!/bin/bash\necho hi\n")
+    spec.write_text(f"name: r\nbackend: slurm\nworkdir: {tmp_path / 'w'}\nstages:\n  - name: s\n    script: {script}\n")
     sv.register(spec, "slurm")
     return sv, cluster
 
@@ -62,3 +65,71 @@ def test_cancel_between_decision_and_success_keeps_the_run_cancelled(tmp_path: P
     sv.cancel_run("r")
     assert sv.apply(1, RunState.RUNNING, [core.SetRun(RunState.SUCCEEDED)], {}) is False
     assert sv.show("r")["state"] == "cancelled"
+
+
+def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from supervisor.models import Attempt, Event
+
+    sv, _ = registered(tmp_path)
+    sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Submit("s", 1)], {})
+    with sv.sessions.begin() as session:
+        attempt = session.scalars(select(Attempt)).one()
+        attempt.started_at = sv.now() - timedelta(hours=2)
+        attempt.nodes = "lrdn[01-04]"
+        attempt.progress_step, attempt.progress_total = 250, 1000
+    sv.apply(1, RunState.RUNNING, [core.Emit("crashed", "boom", "s", 1, {"text": "NCCL error"})], {})
+    with sv.sessions() as session:
+        data = session.scalars(select(Event).where(Event.kind == "crashed")).one().data
+    assert data["job_id"] == "101" and data["log_line"] == "NCCL error"
+    assert data["node_hours"] == 8.0  # 4 nodes for 2 hours
+    assert data["progress_step"] == 250 and data["progress_total"] == 1000
+    assert 21500 <= data["eta_s"] <= 21700  # 2 h for a quarter: 6 h to go
+
+
+class RunningCluster(RecordingCluster):
+    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
+        return {j: JobInfo(job_id=j, name="", phase=JobPhase.RUNNING, nodes="node01") for j in job_ids}
+
+
+def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from supervisor.models import Attempt
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    (tmp_path / "axolotl.yaml").write_text("output_dir: out\ndataset_prepared_path: prepared\nmax_steps: 10\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: t\nbackend: slurm\nworkdir: {tmp_path / 'w'}\naxolotl_config: axolotl.yaml\n"
+        "venv: venv\nstages:\n  - {name: train, kind: train, stall_timeout: 60}\n"
+    )
+    cluster = RunningCluster()
+    sv = Supervisor(tmp_path / "home", clusters={"slurm": cluster})
+    sv.register(spec, "slurm")
+    sv.tick()
+    assert len(cluster.submitted) == 1
+    quiet_since = datetime.now(UTC) - timedelta(minutes=5)
+
+    def go_quiet() -> None:
+        with sv.sessions.begin() as session:
+            attempt = session.scalars(select(Attempt)).one()
+            attempt.state, attempt.started_at, attempt.last_output_at = "running", quiet_since, quiet_since
+
+    go_quiet()
+    (tmp_path / "out" / "checkpoint-5").mkdir(parents=True)  # written just now, while the log stayed silent
+    sv.tick()
+    assert [a["state"] for a in sv.show("t")["stages"][0]["attempts"]] == ["running"]
+
+    go_quiet()
+    old = (quiet_since - timedelta(minutes=1)).timestamp()
+    os.utime(tmp_path / "out" / "checkpoint-5", (old, old))  # no checkpoint since the job went quiet
+    sv.tick()
+    first = sv.show("t")["stages"][0]["attempts"][0]
+    assert first["state"] == "cancelled" and first["cause"] == "stall_timeout"

@@ -60,6 +60,18 @@ def test_bad_spec_is_one_clear_line_and_changes_nothing(harness: Harness, case: 
     assert [r["name"] for r in harness.status()] == ["existing"]
 
 
+def test_axolotl_config_that_cannot_work_is_refused_at_submit(harness: Harness) -> None:
+    (harness.root / "axolotl.yaml").write_text("base_model: x\ndataset_prepared_path: prepared\n")
+    spec = harness.root / "spec.yaml"
+    spec.write_text("name: ax\naxolotl_config: axolotl.yaml\nstages:\n  - {name: p, kind: prepare}\n")
+    result = harness.cli("submit", str(spec), check=False)
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"error: {spec}: axolotl_config: {harness.root / 'axolotl.yaml'}: output_dir: expected a non-empty path"
+    ]
+    assert harness.status() == []
+
+
 def test_unreadable_and_missing_files(harness: Harness) -> None:
     missing = harness.cli("submit", str(harness.root / "nope.yaml"), check=False)
     assert missing.code == 2 and "nope.yaml: file not found" in missing.err
