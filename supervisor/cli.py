@@ -254,7 +254,10 @@ def diagnose(
 
 
 @notify_app.command("test")
-def notify_test(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+def notify_test(
+    name: Annotated[str, typer.Argument(help="Run name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Send a test message to every notification channel of a run, now."""
     from supervisor.notify import NotifyConfigError
 
@@ -265,8 +268,12 @@ def notify_test(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
             fail(str(exc))
     if not results:
         fail(f"run {name!r} has no `notify:` channels")
-    for key, problem in results.items():
-        out.print(f"{key}: {'delivered' if problem is None else 'FAILED: ' + problem}", markup=False)
+    if as_json:
+        rows = [{"channel": key, "delivered": problem is None, "error": problem} for key, problem in results.items()]
+        print_json(rows)
+    else:
+        for key, problem in results.items():
+            out.print(f"{key}: {'delivered' if problem is None else 'FAILED: ' + problem}", markup=False)
     if any(problem is not None for problem in results.values()):
         raise typer.Exit(1)
 
