@@ -17,6 +17,7 @@ from typing import Any
 from supervisor.models import Attempt, Run
 from supervisor.scanner import Catalogue
 from supervisor.tailer import TailState, read_new
+from supervisor.transfer import last_progress
 from supervisor.types import LogMatch, Progress, SignatureAction
 
 # Bound the work one tick spends on one log; the rest is read on the next tick.
@@ -93,6 +94,11 @@ class LogWatcher:
             result = catalogue.scan_chunk(data, state.next_line)
             matches.extend(result.matches)
             progress = result.progress or progress
+            if attempt.stage.kind == "transfer":
+                # rsync --info=progress2 redraws one line with \r: percent done of the whole transfer.
+                rsync = last_progress(data.decode(errors="replace"))
+                if rsync is not None:
+                    progress = Progress(step=rsync.percent, total=100)
             read += len(data)
             state = new_state
         if state == start:
