@@ -100,6 +100,8 @@ class Observation:
     # Kind-specific checks, done by the adapter (they read files):
     work_finished: bool = False  # e.g. the final training checkpoint is complete
     succeeded: bool | None = None  # the kind's success rule, when the job has ended
+    # The hang hint the log ends on now, e.g. "extension_build_hang" (None: none, or output went on after it).
+    hang_hint: str | None = None
 
 
 # ---- actions -------------------------------------------------------------------------------------
@@ -288,6 +290,9 @@ def _observe_attempt(
     stall = _stalled(stage, attempt, now, changes)
     if stall is not None and attempt.state is AttemptState.RUNNING:
         cause, message = stall
+        if obs.hang_hint is not None:
+            # The log stopped right after a known hang hint: name it, so its remedy runs with the resubmit.
+            cause, message = obs.hang_hint, f"{message} right after {obs.hang_hint}"
         actions.insert(0, UpdateAttempt(stage.name, attempt.number, changes))
         actions.append(Emit("stalled", message, *key))
         actions.append(Cancel(stage.name, attempt.number, Outcome.FINISH if work_done else Outcome.RESUBMIT,

@@ -26,12 +26,20 @@ MAX_BYTES_PER_TICK = 64 * 1024 * 1024
 CHUNK = 1024 * 1024
 
 
+# A hang hint explains a stall only while the log stopped right after it (a few lines at most).
+HINT_WITHIN_LINES = 10
+
+
 @dataclass(frozen=True)
 class Seen:
     tail: dict[str, Any] = field(default_factory=dict)  # attempt columns to store with the reaction
     matches: tuple[LogMatch, ...] = ()
     progress: Progress | None = None
     new_output: bool = False
+
+    @property
+    def hang_hint(self) -> dict[str, Any] | None:
+        return self.tail.get("hang_hint")
 
 
 def actionable(matches: Sequence[LogMatch], catalogue: Catalogue) -> tuple[LogMatch, ...]:
@@ -54,6 +62,19 @@ def actionable(matches: Sequence[LogMatch], catalogue: Catalogue) -> tuple[LogMa
         (wrappers if spec is not None and spec.wrapper else causes).append(match)
     deciding = (causes or wrappers)[:1]
     return tuple(finishes + deciding)
+
+
+def _hang_hint(
+    catalogue: Catalogue, matches: Sequence[LogMatch], last_line: int, attempt: Attempt
+) -> dict[str, Any] | None:
+    """The hang hint the log now ends on, if any: new in this read, or an earlier one still near the end."""
+    if matches:
+        hint = catalogue.hang_cause(matches, last_line, HINT_WITHIN_LINES)
+        return {"signature": hint.signature, "text": hint.text, "line": hint.line} if hint is not None else None
+    earlier = attempt.hang_hint
+    if earlier is not None and last_line - int(earlier.get("line", 0)) <= HINT_WITHIN_LINES:
+        return earlier
+    return None
 
 
 class LogWatcher:
@@ -103,8 +124,8 @@ class LogWatcher:
             state = new_state
         if state == start:
             return Seen()
-        return Seen(tail={"log_tail": state.to_dict()}, matches=actionable(matches, catalogue),
-                    progress=progress, new_output=read > 0)
+        tail = {"log_tail": state.to_dict(), "hang_hint": _hang_hint(catalogue, matches, state.line_no, attempt)}
+        return Seen(tail=tail, matches=actionable(matches, catalogue), progress=progress, new_output=read > 0)
 
     # ---- inotify wake-ups --------------------------------------------------------------------------
 

@@ -101,6 +101,9 @@ class Attempt(Base):
     work_done: Mapped[bool] = mapped_column(Boolean, default=False)
     # Log tail position, so a restarted supervisor never re-reacts to an old line.
     log_tail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The last lines read were a hang hint (e.g. "Using X as PyTorch extensions root..."): a stall now has a
+    # known cause and remedy. {"signature", "text", "line"}; cleared when more output follows.
+    hang_hint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_output_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     first_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     progress_step: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -29,6 +29,7 @@ from supervisor.db import open_database
 from supervisor.logwatch import LogWatcher
 from supervisor.models import Attempt, Event, ExcludedNode, Run, Stage
 from supervisor.notify import RunChannels, deliver, enqueue, send_test, undelivered
+from supervisor.remedies import clear_extension_locks
 from supervisor.spec import RunSpec, StageSpec, load_spec
 from supervisor.types import (
     AttemptState,
@@ -473,9 +474,11 @@ class Supervisor:
                 # A checkpoint written since the last sign of life counts as one: saving can be silent.
                 last_sign = attempt.last_output_at or attempt.started_at
                 saving = saved_at is not None and (last_sign is None or saved_at > last_sign)
+                hint = seen.hang_hint if seen.tail else attempt.hang_hint
                 observations[(stage.name, attempt.number)] = core.Observation(
                     job=job, matches=seen.matches, progress=seen.progress, new_output=seen.new_output or saving,
-                    work_finished=finished, succeeded=succeeded)
+                    work_finished=finished, succeeded=succeeded,
+                    hang_hint=str(hint["signature"]) if hint else None)
         actions = core.observe(view, observations, now)
         if not self.apply(run_id, view.state, actions, tails):
             return 0
@@ -712,6 +715,19 @@ class Supervisor:
             session.execute(update(Attempt).where(Attempt.id == attempt_id, Attempt.state.in_(LIVE))
                             .values(state=AttemptState.CANCELLED.value, ended_at=self.now()))
         log.info("job_cancelled", job_id=job_id)
+        self._remedy(attempt_id)
+
+    def _remedy(self, attempt_id: int) -> None:
+        """What a human does before resubmitting after some hangs: e.g. remove stale extension-build locks."""
+        with self.sessions.begin() as session:
+            attempt = session.get(Attempt, attempt_id)
+            if attempt is None or attempt.cause != "extension_build_hang" or not attempt.hang_hint:
+                return
+            removed = clear_extension_locks(str(attempt.hang_hint.get("text", "")))
+            if removed:
+                self._event(session, attempt.stage.run, "lock_cleared",
+                            f"removed stale PyTorch extension build locks: {', '.join(map(str, removed))}",
+                            attempt.stage.name, attempt.number, {"removed": [str(p) for p in removed]})
 
 
 def count_hosts(hostlist: str) -> int:

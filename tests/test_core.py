@@ -242,3 +242,14 @@ def test_job_first_seen_ended_keeps_its_start_time() -> None:
     update = core.observe(run, {("a", 1): Observation(job=info)}, T0 + timedelta(seconds=30))[0]
     assert isinstance(update, core.UpdateAttempt)
     assert update.changes["started_at"] == started and update.changes["state"] is AttemptState.SUCCEEDED
+
+
+def test_stall_right_after_a_hang_hint_is_named_after_it() -> None:
+    s = stage("a", attempts=(running(last_output_at=T0),), stall_timeout=60.0)
+    run = RunView("r", RunState.RUNNING, (s,))
+    obs = Observation(hang_hint="extension_build_hang")
+    actions = core.observe(run, {("a", 1): obs}, T0 + timedelta(seconds=61))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, "extension_build_hang") in actions
+    assert any(
+        isinstance(a, core.Emit) and a.kind == "stalled" and "extension_build_hang" in a.message for a in actions
+    )

@@ -186,9 +186,10 @@ def check_reaction(data: dict[str, Any], signature: str, backend: str) -> None:
         assert scontrol_job(first["job_id"])["JobState"] == "CANCELLED"
 
     if spec.hang_hint:
-        # A hint explains a hang but is not one: no verdict on the line, the stall timeout ends it.
+        # A hint explains a hang but is not one: no verdict on the line, the stall timeout ends it, and the
+        # stall is named after the hint it stopped on.
         assert events(data, "signature") == []
-        assert first["cause"] == "stall_timeout" and first["outcome"] == "resubmit"
+        assert first["cause"] == signature and first["outcome"] == "resubmit"
         assert [a["state"] for a in attempts] == ["cancelled", "succeeded"]
         assert data["state"] == "succeeded"
         return
