@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -147,28 +147,28 @@ def test_every_catalogue_entry_has_a_line() -> None:
     assert set(LINES) == set(CATALOGUE)
 
 
-@pytest.fixture(scope="module")
-def slurm_signature_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
+def signature_runs(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, signatures: Iterable[str], timeout: float
+) -> Iterator[dict[str, dict[str, Any]]]:
     """All signature runs under one daemon at once; the parametrized tests below each read one."""
-    require_slurm()
-    h = Harness(tmp_path_factory.mktemp("signatures"))
+    h = Harness(tmp_path_factory.mktemp(f"signatures-{backend}"))
     try:
-        names = [h.submit(signature_spec(h, "slurm", sig)) for sig in CATALOGUE]
+        names = [h.submit(signature_spec(h, backend, sig)) for sig in signatures]
         h.start_daemon(poll="0.5s")
-        yield wait_all_settled(h, names, timeout=240)
+        yield wait_all_settled(h, names, timeout=timeout)
     finally:
         h.close()
+
+
+@pytest.fixture(scope="module")
+def slurm_signature_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
+    require_slurm()
+    yield from signature_runs(tmp_path_factory, "slurm", CATALOGUE, timeout=240)
 
 
 @pytest.fixture(scope="module")
 def local_signature_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, Any]]]:
-    h = Harness(tmp_path_factory.mktemp("signatures-local"))
-    try:
-        names = [h.submit(signature_spec(h, "local", sig)) for sig in LOCAL_SUBSET]
-        h.start_daemon(poll="0.5s")
-        yield wait_all_settled(h, names, timeout=120)
-    finally:
-        h.close()
+    yield from signature_runs(tmp_path_factory, "local", LOCAL_SUBSET, timeout=120)
 
 
 # One per action (and the two that never decide on their own line) is enough on the embedded backend.
