@@ -22,17 +22,15 @@ from supervisor.types import (
     StageState,
 )
 
-# Operator-cancelled attempts are not the job's fault: they do not use up the stage's budget.
-OPERATOR = "operator"
-
-
 class Outcome(enum.StrEnum):
     """What an attempt the supervisor ended means for its stage."""
 
     RESUBMIT = "resubmit"
     FAIL = "fail"
     FINISH = "finish"  # the stage's work is done (e.g. the end-of-training NCCL hang)
-    OPERATOR = OPERATOR  # somebody else cancelled or held the job: pause, do not resubmit
+    # Somebody else cancelled or held the job: pause, do not resubmit. Not the job's fault, so such
+    # attempts do not use up the stage's budget.
+    OPERATOR = "operator"
     CANCEL = "cancel"  # `supervisor cancel`: the whole run is cancelled
 
 
@@ -155,8 +153,6 @@ class ExcludeNode:
 
 
 Action = Submit | Cancel | UpdateAttempt | SetStage | SetRun | Emit | ExcludeNode
-
-ACTIVE_RUN_STATES = (RunState.PENDING, RunState.RUNNING, RunState.PAUSED)
 
 
 def backoff(stage: StageView) -> float:
