@@ -22,6 +22,7 @@ from supervisor.types import (
     StageState,
 )
 
+
 class Outcome(enum.StrEnum):
     """What an attempt the supervisor ended means for its stage."""
 
