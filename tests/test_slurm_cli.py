@@ -30,6 +30,7 @@ from supervisor.backends.slurm_cli import (
     phase_of,
     render_sbatch_argv,
     run_command,
+    sacct_argv,
     squeue_argv,
 )
 from supervisor.types import JobInfo, JobPhase, SubmitRequest
@@ -330,6 +331,8 @@ def captured_runner() -> CannedRunner:
             "scontrol": ok(fixture("scontrol_show_job.txt")),
             "sbatch": ok(fixture("sbatch_parsable.stdout")),
             "scancel": ok(""),
+            # This cluster keeps no accounting (no slurmdbd): what its sacct answers, captured.
+            "sacct": CommandResult(1, "", fixture("sacct_no_accounting.stderr")),
         }
     )
 
@@ -341,11 +344,48 @@ def test_poll_batches_one_squeue_and_one_scontrol() -> None:
     # 41 is queued, 40 ended (only scontrol knows it), 999 is unknown to both.
     result = cluster.poll(["41", "40", "999"])
 
-    assert runner.programs() == ["squeue", "scontrol"]
+    assert runner.programs() == ["squeue", "scontrol", "sacct"]
     assert runner.calls[1][0] == list(SCONTROL_SHOW_JOBS)
     assert sorted(result) == ["40", "41"]
     assert result["41"].phase is JobPhase.RUNNING
     assert (result["40"].phase, result["40"].exit_code) == (JobPhase.FAILED, 3)
+
+
+def test_sacct_is_asked_once_then_left_alone_without_accounting() -> None:
+    runner = captured_runner()
+    cluster = SlurmCliCluster(runner=runner, tz=UTC)
+    cluster.poll(["999"])
+    cluster.poll(["999"])
+    assert runner.programs() == ["squeue", "scontrol", "sacct", "squeue", "scontrol"]
+
+
+# sacct --noheader --parsable2 --allocations --format=SACCT_FORMAT, as a cluster with slurmdbd prints it.
+SACCT_OUTPUT = """\
+7001|COMPLETED|0:0|lrdn[0101-0104]|2024-12-28T10:00:00|2024-12-28T10:05:00|2024-12-28T14:03:02|llama.train.2.ab12
+7002|CANCELLED by 1000|0:15|lrdn0200|2024-12-28T10:00:00|2024-12-28T10:06:00|2024-12-28T10:07:00|a|b|c
+7003|FAILED|3:0|lrdn0201|2024-12-28T10:00:00|2024-12-28T10:06:00|2024-12-28T10:08:00|x
+7004|CANCELLED by 1000|0:0|None assigned|2024-12-28T10:00:00|2024-12-28T10:09:00|2024-12-28T10:09:00|y
+"""
+
+
+def test_jobs_gone_from_slurmctld_are_read_from_accounting() -> None:
+    runner = captured_runner()
+    runner.answers = {**runner.answers, "sacct": ok(SACCT_OUTPUT)}
+    found = SlurmCliCluster(runner=runner, tz=UTC).poll(["7001", "7002", "7003", "7004", "41"])
+    assert runner.calls[-1][0] == sacct_argv(["7001", "7002", "7003", "7004"])
+    assert "--jobs=7001,7002,7003,7004" in runner.calls[-1][0]
+    done, cancelled, failed, never_ran = found["7001"], found["7002"], found["7003"], found["7004"]
+    assert (done.phase, done.exit_code, done.nodes, done.name) == (
+        JobPhase.COMPLETED,
+        0,
+        "lrdn[0101-0104]",
+        "llama.train.2.ab12",
+    )
+    assert done.end_time == datetime(2024, 12, 28, 14, 3, 2, tzinfo=UTC)
+    assert (cancelled.phase, cancelled.exit_code, cancelled.name) == (JobPhase.CANCELLED, 143, "a|b|c")
+    assert (failed.phase, failed.exit_code) == (JobPhase.FAILED, 3)
+    assert (never_ran.nodes, never_ran.start_time) == (None, None)
+    assert found["41"].phase is JobPhase.RUNNING  # squeue's answer, not accounting's
 
 
 def test_poll_skips_scontrol_when_squeue_knew_every_job() -> None:

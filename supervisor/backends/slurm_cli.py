@@ -212,6 +212,52 @@ def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     return jobs
 
 
+# Name last: it is the one field users control, so it may hold the separator.
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Start,End,JobName"
+_SACCT_FIELDS = SACCT_FORMAT.count(",") + 1
+# sacct's answer where the cluster keeps no accounting (no slurmdbd): scontrol is all there is.
+_NO_ACCOUNTING_MARKERS = ("accounting storage is disabled", "No such file or directory")
+
+
+def sacct_argv(job_ids: Collection[str]) -> list[str]:
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        f"--format={SACCT_FORMAT}",
+        f"--jobs={','.join(sorted(job_ids, key=_id_key))}",
+    ]
+
+
+def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
+    """Lines of ``sacct --parsable2 --format=SACCT_FORMAT`` (one per job allocation)."""
+    jobs: list[JobInfo] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|", _SACCT_FIELDS - 1)
+        if len(fields) != _SACCT_FIELDS:
+            raise ClusterError(f"unexpected sacct line: {line!r}", permanent=True)
+        job_id, state, exit_code, nodes, submit, start, end, name = fields
+        phase = phase_of(state)  # "CANCELLED by 1000" reduces to CANCELLED
+        nodes_ = None if nodes == "None assigned" else _nullable(nodes)
+        jobs.append(
+            JobInfo(
+                job_id=job_id.strip(),
+                name=name,
+                phase=phase,
+                raw_state=state,
+                exit_code=parse_exit_code(exit_code) if phase.finished else None,
+                nodes=nodes_,
+                submit_time=parse_time(submit, tz),
+                start_time=parse_time(start, tz) if nodes_ is not None else None,
+                end_time=parse_time(end, tz) if phase.finished else None,
+            )
+        )
+    return jobs
+
+
 def parse_scontrol_record(line: str) -> dict[str, str]:
     """One ``scontrol show job -o`` line as a key -> value mapping."""
     matches = list(_SCONTROL_KEY.finditer(line))
@@ -348,6 +394,7 @@ class SlurmCliCluster:
         self._run = runner
         self._base_env = base_env
         self._tz = tz
+        self._accounting = True  # until sacct says the cluster keeps none
 
     def submit(self, request: SubmitRequest) -> str:
         argv = render_sbatch_argv(request)
@@ -365,6 +412,10 @@ class SlurmCliCluster:
         missing = wanted - found.keys()
         if missing:
             found.update({job.job_id: job for job in self._known() if job.job_id in missing})
+        missing = wanted - found.keys()
+        if missing:
+            # Gone from slurmctld's memory too (MinJobAge): the accounting database remembers, if there is one.
+            found.update({job.job_id: job for job in self._accounted(missing) if job.job_id in missing})
         return found
 
     def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
@@ -390,6 +441,22 @@ class SlurmCliCluster:
         if result.returncode != 0:
             raise error_for(argv, result.returncode, result.stderr)
         return parse_squeue(result.stdout, self._tz)
+
+    def _accounted(self, job_ids: Collection[str]) -> list[JobInfo]:
+        if not self._accounting:
+            return []
+        argv = sacct_argv(job_ids)
+        try:
+            result = self._run(argv, timeout=self._timeout)
+        except ClusterError as exc:
+            if exc.permanent:
+                self._accounting = False  # no sacct on this machine
+            return []
+        if result.returncode != 0 or any(m in result.stderr for m in _NO_ACCOUNTING_MARKERS):
+            if any(m in result.stderr + result.stdout for m in _NO_ACCOUNTING_MARKERS):
+                self._accounting = False
+            return []  # unknown is what the caller gets for these jobs anyway
+        return parse_sacct(result.stdout, self._tz)
 
     def _known(self) -> list[JobInfo]:
         argv = list(SCONTROL_SHOW_JOBS)
