@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -179,15 +179,21 @@ def _nullable(value: str | None) -> str | None:
     return None if value is None or value in _NULLS else value
 
 
-def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
-    """Lines printed by ``squeue --noheader --format=SQUEUE_FORMAT``."""
-    jobs: list[JobInfo] = []
+def _records(text: str, count: int, tool: str) -> Iterator[list[str]]:
+    """The ``|``-separated records of a client's output; the last field (the job name) may hold ``|``."""
     for line in text.splitlines():
         if not line.strip():
             continue
-        fields = line.split("|", _SQUEUE_FIELDS - 1)
-        if len(fields) != _SQUEUE_FIELDS:
-            raise ClusterError(f"unexpected squeue line: {line!r}", permanent=True)
+        fields = line.split("|", count - 1)
+        if len(fields) != count:
+            raise ClusterError(f"unexpected {tool} line: {line!r}", permanent=True)
+        yield fields
+
+
+def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
+    """Lines printed by ``squeue --noheader --format=SQUEUE_FORMAT``."""
+    jobs: list[JobInfo] = []
+    for fields in _records(text, _SQUEUE_FIELDS, "squeue"):
         job_id, state, reason, nodes, excluded, submit, start, end, name = fields
         reason_ = _nullable(reason)
         phase = phase_of(state, reason_)
@@ -233,12 +239,7 @@ def sacct_argv(job_ids: Collection[str]) -> list[str]:
 def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     """Lines of ``sacct --parsable2 --format=SACCT_FORMAT`` (one per job allocation)."""
     jobs: list[JobInfo] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("|", _SACCT_FIELDS - 1)
-        if len(fields) != _SACCT_FIELDS:
-            raise ClusterError(f"unexpected sacct line: {line!r}", permanent=True)
+    for fields in _records(text, _SACCT_FIELDS, "sacct"):
         job_id, state, exit_code, nodes, submit, start, end, name = fields
         phase = phase_of(state)  # "CANCELLED by 1000" reduces to CANCELLED
         nodes_ = None if nodes == "None assigned" else _nullable(nodes)
