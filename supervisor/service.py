@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,7 +60,6 @@ class UserError(Exception):
 class TickReport:
     runs: int
     actions: int
-    poll_failed: tuple[str, ...] = ()
 
 
 def tag_for(run: Run, stage: str, number: int) -> str:
@@ -85,7 +84,6 @@ class Supervisor:
         self._poll_not_before: dict[str, datetime] = {}
         self.logs = LogWatcher()
         self.channels = RunChannels(self.sessions)
-        self.on_event: Callable[[Event], None] | None = None
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -125,8 +123,6 @@ class Supervisor:
         # Same transaction as the state change: a notification is never lost nor sent for a rolled-back change.
         enqueue(session, run, event, run.spec.get("notify") or [])
         log.info(kind, run=run.name, stage=stage, attempt=attempt, message=message)
-        if self.on_event is not None:
-            self.on_event(event)
         return event
 
     def _attempt_facts(self, session: Session, run: Run, stage: str, number: int) -> dict[str, Any]:
@@ -308,16 +304,15 @@ class Supervisor:
     def tick(self, *, poll: bool = True) -> TickReport:
         """One pass over every active run. ``poll=False`` (a log changed) reads logs but asks no cluster."""
         infos: dict[str, dict[str, JobInfo] | None] = {}
-        failed: list[str] = []
         if poll:
             self.reconcile_submitting()
-            infos, failed = self.poll()
+            infos = self.poll()
         count = 0
         with self.sessions() as session:
             run_ids = list(session.scalars(select(Run.id).where(Run.state.in_([s.value for s in ACTIVE]))))
         for run_id in run_ids:
             count += self.step_run(run_id, infos)
-        return TickReport(runs=len(run_ids), actions=count, poll_failed=tuple(failed))
+        return TickReport(runs=len(run_ids), actions=count)
 
     def flush_outbox(self) -> None:
         try:
@@ -353,7 +348,7 @@ class Supervisor:
             by_backend.setdefault(backend, []).append((attempt_id, tag))
         now = self.now()
         for backend, items in by_backend.items():
-            if self._poll_not_before.get(backend, now) > now:
+            if self._backing_off(backend, now):
                 continue  # the cluster is not answering: the lookup waits out the same backoff as polls
             # Look for launchers before asking the cluster: one that exits during the query may have
             # created its job too late for the answer, and must not be mistaken for one that never did.
@@ -364,8 +359,7 @@ class Supervisor:
                 n = self._unreachable(backend, now)
                 log.warning("reconcile_unknown", backend=backend, error=str(exc), failures=n)
                 continue
-            self._poll_failures.pop(backend, None)
-            self._poll_not_before.pop(backend, None)
+            self._reachable(backend)
             for attempt_id, tag in items:
                 info = found.get(tag)
                 if info is not None:
@@ -373,6 +367,13 @@ class Supervisor:
                 elif tag not in launching:
                     # Not in the queue and no submitting process left: sbatch never ran (or failed).
                     self._submit_attempt(attempt_id)
+
+    def _backing_off(self, backend: str, now: datetime) -> bool:
+        return self._poll_not_before.get(backend, now) > now
+
+    def _reachable(self, backend: str) -> None:
+        self._poll_failures.pop(backend, None)
+        self._poll_not_before.pop(backend, None)
 
     def _unreachable(self, backend: str, now: datetime) -> int:
         """Count one more failed query of ``backend`` and push its next one back (exponentially)."""
@@ -397,7 +398,7 @@ class Supervisor:
                         attempt.stage.name, attempt.number,
                         {"job_id": info.job_id, "tag": attempt.tag, "adopted": True})
 
-    def poll(self) -> tuple[dict[str, dict[str, JobInfo] | None], list[str]]:
+    def poll(self) -> dict[str, dict[str, JobInfo] | None]:
         """One batched query per backend for all live jobs. None for a backend that did not answer."""
         now = self.now()
         with self.sessions() as session:
@@ -410,9 +411,8 @@ class Supervisor:
             if job_id is not None:
                 wanted.setdefault(backend, []).append(job_id)
         result: dict[str, dict[str, JobInfo] | None] = {}
-        failed: list[str] = []
         for backend, ids in wanted.items():
-            if self._poll_not_before.get(backend, now) > now:
+            if self._backing_off(backend, now):
                 result[backend] = None
                 continue
             try:
@@ -422,10 +422,8 @@ class Supervisor:
                 n = self._unreachable(backend, now)
                 log.warning("poll_failed", backend=backend, error=str(exc), failures=n)
                 result[backend] = None
-                failed.append(backend)
                 continue
-            self._poll_failures.pop(backend, None)
-            self._poll_not_before.pop(backend, None)
+            self._reachable(backend)
             for job_id in ids:
                 if job_id in infos:
                     self._missing.pop(job_id, None)
@@ -436,7 +434,7 @@ class Supervisor:
                                                 raw_state="VANISHED",
                                                 reason="job left the queue with no final state on record")
             result[backend] = infos
-        return result, failed
+        return result
 
     def _poll_one(self, backend: str, job_id: str | None) -> JobInfo | None:
         if job_id is None:
