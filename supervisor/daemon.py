@@ -91,9 +91,6 @@ class Daemon:
         self.scheduler.add_job(self._tick, "date", run_date=run_date, kwargs={"poll": False}, id=WAKE_JOB,
                                replace_existing=True, misfire_grace_time=None, max_instances=2)
 
-    def _flush(self) -> None:
-        self.supervisor.flush_outbox()
-
     def _tick(self, poll: bool = True) -> None:
         with self._tick_lock:
             self._woken.clear()
@@ -123,8 +120,8 @@ class Daemon:
         self.scheduler.add_job(self._tick, "interval", seconds=self.poll, id=TICK_JOB, max_instances=1,
                                coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None)
         # Deliveries wait on the network (timeouts, outages): their own job, so they never delay a reaction.
-        self.scheduler.add_job(self._flush, "interval", seconds=OUTBOX_INTERVAL, id=OUTBOX_JOB, max_instances=1,
-                               coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self.supervisor.flush_outbox, "interval", seconds=OUTBOX_INTERVAL, id=OUTBOX_JOB,
+                               max_instances=1, coalesce=True, misfire_grace_time=None)
         self.scheduler.start()
         log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, pid=os.getpid())
         try:
