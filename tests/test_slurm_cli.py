@@ -66,6 +66,7 @@ def test_sbatch_argv_golden() -> None:
     assert render_sbatch_argv(req) == [
         "sbatch",
         "--parsable",
+        "--no-requeue",
         "--job-name=run7-train-a2",
         "--output=/work/run7/logs/train-%j.log",
         "--error=/work/run7/logs/train-%j.log",
@@ -82,6 +83,7 @@ def test_sbatch_argv_without_exclude_has_no_empty_flag() -> None:
     assert render_sbatch_argv(req) == [
         "sbatch",
         "--parsable",
+        "--no-requeue",
         "--job-name=t",
         "--output=/w/%j.log",
         "--error=/w/%j.log",

@@ -101,6 +101,9 @@ def render_sbatch_argv(request: SubmitRequest) -> list[str]:
     argv = [
         "sbatch",
         "--parsable",
+        # On a node failure SLURM would requeue the job under the same id by itself; the supervisor
+        # owns retries (a new attempt, the failed node excluded), so one attempt runs at most once.
+        "--no-requeue",
         f"--job-name={request.tag}",
         f"--output={request.log_pattern}",
         f"--error={request.log_pattern}",
