@@ -9,6 +9,7 @@ every module with ``pytest_plugins = ["slurm_fixtures"]`` in the root conftest.
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -19,7 +20,7 @@ from typing import TypeVar
 import pytest
 
 from supervisor.backends.slurm_cli import SlurmCliCluster
-from supervisor.types import JobInfo, JobPhase
+from supervisor.types import JobInfo, JobPhase, SubmitRequest
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "deploy" / "slurm-cluster.sh"
@@ -62,8 +63,36 @@ def slurm_cluster() -> SlurmCliCluster:
     return SlurmCliCluster()
 
 
-def hostname_short() -> str:
-    return subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+class TrackingCluster(SlurmCliCluster):
+    """Remembers what it submitted, so teardown can cancel what a failed test left running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.submitted: list[str] = []
+
+    def submit(self, request: SubmitRequest) -> str:
+        job_id = super().submit(request)
+        self.submitted.append(job_id)
+        return job_id
+
+    def cancel_all(self) -> None:
+        for job_id in self.submitted:  # sleepers would otherwise hold CPUs for later tests
+            self.cancel(job_id)
+
+
+def compute_nodes() -> list[str]:
+    """The nodes jobs can run on, as the cluster names them (this host's name on the one-node cluster,
+    node01..node04 on the multi-node one); FUTURE placeholders are in no partition and not listed."""
+    done = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%N"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return sorted(set(done.stdout.split()))
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """``node[01-03]`` -> node01, node02, node03, by SLURM itself."""
+    done = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout.split()
 
 
 def wait_until(
@@ -98,8 +127,20 @@ def queued_ids() -> set[str]:
     return set(done.stdout.split())
 
 
+def cluster_state_dir() -> Path | None:
+    """The state dir of the dev cluster the clients talk to: the directory of the slurm.conf that
+    SLURM_CONF (or /etc/slurm/slurm.conf, a symlink on the dev box) points at, if the script made it."""
+    conf = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf").resolve()
+    return conf.parent if (conf.parent / "slurmctld.pid").exists() or (conf.parent / "layout").exists() else None
+
+
 def cluster_script(*args: str) -> None:
-    subprocess.run([str(CLUSTER_SCRIPT), *args], check=True, timeout=120)
+    """deploy/slurm-cluster.sh on the cluster this test talks to, never on another one on the machine."""
+    env = dict(os.environ)
+    state_dir = cluster_state_dir()
+    if state_dir is not None:
+        env["SLURM_DEV_DIR"] = str(state_dir)
+    subprocess.run([str(CLUSTER_SCRIPT), *args], check=True, timeout=120, env=env)
 
 
 @contextmanager
