@@ -127,6 +127,18 @@ def queued_ids() -> set[str]:
     return set(done.stdout.split())
 
 
+def sacct_job(job_id: str) -> dict[str, str] | None:
+    """The accounting record of one allocation (no steps); None while slurmdbd has none."""
+    fields = ["JobID", "State", "ExitCode", "NodeList", "NNodes", "ElapsedRaw", "SubmitLine"]  # free text last
+    done = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}",
+                           f"--format={','.join(fields)}"], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:  # e.g. a cluster without accounting
+        return None
+    rows = [dict(zip(fields, line.split("|", len(fields) - 1), strict=True))
+            for line in done.stdout.splitlines() if line]
+    return rows[-1] if rows else None
+
+
 def cluster_state_dir() -> Path | None:
     """The state dir of the dev cluster the clients talk to: the directory of the slurm.conf that
     SLURM_CONF (or /etc/slurm/slurm.conf, a symlink on the dev box) points at, if the script made it."""
