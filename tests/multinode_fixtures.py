@@ -50,7 +50,7 @@ def require_multinode(accounting: bool = False) -> list[str]:
     return nodes
 
 
-def scontrol_job(job_id: str) -> dict[str, str] | None:
+def slurmctld_job(job_id: str) -> dict[str, str] | None:
     """`scontrol show job` as a mapping; None once slurmctld has forgotten the job (MinJobAge)."""
     done = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True,
                           timeout=60, check=False)
@@ -58,15 +58,6 @@ def scontrol_job(job_id: str) -> dict[str, str] | None:
         return None
     assert done.returncode == 0, f"scontrol show job {job_id}: {done.stderr.strip()}"
     return dict(field.split("=", 1) for field in done.stdout.split() if "=" in field)
-
-
-def sacct_job(job_id: str) -> dict[str, str] | None:
-    """The accounting record of one allocation (no steps); None while slurmdbd has none."""
-    fields = ["JobID", "State", "ExitCode", "NodeList", "NNodes", "ElapsedRaw"]
-    done = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={job_id}",
-                           f"--format={','.join(fields)}"], capture_output=True, text=True, timeout=60, check=True)
-    rows = [dict(zip(fields, line.split("|"), strict=True)) for line in done.stdout.splitlines() if line]
-    return rows[-1] if rows else None
 
 
 class Driven:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from multinode_fixtures import Driven, driven, require_multinode, sacct_job, scontrol_job
-from slurm_fixtures import cluster_script, compute_nodes, expand_hostlist, wait_until
+from multinode_fixtures import Driven, driven, require_multinode, slurmctld_job
+from slurm_fixtures import cluster_script, compute_nodes, expand_hostlist, sacct_job, wait_until
 
 __all__ = ["driven"]  # the fixture, re-exported for pytest
 
@@ -140,7 +140,7 @@ while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.2; done
     first = data["stages"][0]["attempts"][0]
     assert (first["state"], first["cause"], first["outcome"]) == ("cancelled", "slurm_node_failure", "resubmit")
     assert [x["node"] for x in data["excluded_nodes"]] == [victim]
-    job = scontrol_job(second["job_id"])
+    job = slurmctld_job(second["job_id"])
     assert job is not None, "attempt 2 is running: slurmctld knows it"
     assert job["ExcNodeList"] == victim
     placed = expand_hostlist(job["NodeList"])
@@ -193,7 +193,7 @@ fi
         assert lines == [f"attempt=1 job={failed['job_id']} nodes={first['nodes']}",
                          f"attempt=2 job={retried['job_id']} nodes={retried['nodes']}"], lines
         # What SLURM recorded for the failed job: it ended once and was never put back in the queue.
-        job = scontrol_job(failed["job_id"])
+        job = slurmctld_job(failed["job_id"])
         if job is not None:
             assert (job["Restarts"], job["Requeue"]) == ("0", "0"), job
             assert job["JobState"] in ("NODE_FAIL", "CANCELLED"), job
@@ -229,7 +229,7 @@ exit {code}
 
     # The supervisor stops ticking; the jobs end, and slurmctld forgets them after MinJobAge.
     go.touch()
-    wait_until(lambda: True if all(scontrol_job(j) is None for j in job_ids) else None,
+    wait_until(lambda: True if all(slurmctld_job(j) is None for j in job_ids) else None,
                "slurmctld to forget both jobs (MinJobAge)", timeout=240, interval=2)
     accounted = {j: wait_until(functools.partial(sacct_job, j), f"sacct to know job {j}") for j in job_ids}
 
