@@ -595,7 +595,12 @@ cmd_stop() {
     stop_pidfile slurmdbd "$DBD_PID"
     stop_pidfile mariadbd "$DB_PID"
     if [[ -f $MUNGED_PID ]]; then
-        stop_pidfile munged "$MUNGED_PID"
+        # Another cluster on this machine (another SLURM_DEV_DIR) may authenticate through the same munged.
+        if pgrep -x 'slurmctld|slurmd|slurmdbd' >/dev/null; then
+            log "munged left running: other SLURM daemons on this machine still use it"
+        else
+            stop_pidfile munged "$MUNGED_PID"
+        fi
     fi
 }
 
