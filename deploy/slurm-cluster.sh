@@ -55,6 +55,9 @@
 #    a real dead node takes them with it, so kill-node kills them too. They are found by the node's
 #    slurmd log file, which slurmd and every slurmstepd it forks hold open.
 #  - slurmdbd reaches MariaDB through libmariadb, which takes its unix socket from MYSQL_UNIX_PORT.
+#  - Jobs address each other by node name (the train template's rendezvous is the first node of the
+#    allocation, by name), which on a real cluster resolves. Here node01.. are aliases of this host:
+#    `start` appends one "127.0.0.1 node01 ..." line to /etc/hosts for the names that do not resolve.
 set -euo pipefail
 
 DIR=${SLURM_DEV_DIR:-/var/tmp/supervisor-slurm}
@@ -73,6 +76,7 @@ DB_PID="$DB_DIR/mariadbd.pid"
 DB_SOCKET="$DB_DIR/mariadbd.sock"
 MUNGE_SOCKET=/run/munge/munge.socket.2
 ETC_CONF=/etc/slurm/slurm.conf
+HOSTS_FILE=/etc/hosts
 CLUSTER_NAME=supervisor-dev
 ACCOUNT=dev
 DEFAULT_SLURMCTLD_PORT=6817
@@ -331,6 +335,21 @@ EOF
     write_if_changed "$tmp" "$DBD_CONF" || true
 }
 
+resolve_node_names() { # multi-node: node01.. must resolve, as node names do on a real cluster
+    local name missing=()
+    multi_node || return 0
+    while read -r name; do
+        getent hosts "$name" >/dev/null || missing+=("$name")
+    done < <(node_names)
+    ((${#missing[@]})) || return 0
+    if [[ -w $HOSTS_FILE ]]; then
+        log "adding ${missing[*]} (127.0.0.1) to $HOSTS_FILE"
+        echo "127.0.0.1 ${missing[*]} # dev cluster nodes, added by deploy/slurm-cluster.sh" >>"$HOSTS_FILE"
+    else
+        log "warning: ${missing[*]} do not resolve and $HOSTS_FILE is not writable: jobs cannot reach each other by node name"
+    fi
+}
+
 link_etc_conf() {
     mkdir -p "$(dirname "$ETC_CONF")"
     if [[ -L $ETC_CONF || ! -e $ETC_CONF ]]; then
@@ -565,6 +584,7 @@ cmd_start() {
     mkdir -p "$DIR"
     layout_text >"$LAYOUT"
     write_conf
+    resolve_node_names
     start_munge
     if ((ACCOUNTING)); then
         start_mariadb fresh

@@ -8,6 +8,7 @@ cluster (a job to start, a node to be declared dead) is a bounded poll loop.
 from __future__ import annotations
 
 import functools
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -58,6 +59,13 @@ def slurmctld_job(job_id: str) -> dict[str, str] | None:
         return None
     assert done.returncode == 0, f"scontrol show job {job_id}: {done.stderr.strip()}"
     return dict(field.split("=", 1) for field in done.stdout.split() if "=" in field)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the jobs' rendezvous port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Driven:

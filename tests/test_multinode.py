@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from multinode_fixtures import Driven, driven, require_multinode, slurmctld_job
+from multinode_fixtures import Driven, driven, free_port, require_multinode, slurmctld_job
 from slurm_fixtures import cluster_script, compute_nodes, expand_hostlist, sacct_job, wait_until
 
 __all__ = ["driven"]  # the fixture, re-exported for pytest
@@ -44,14 +44,15 @@ def log_of(attempt: dict[str, Any]) -> str:
 
 
 def fake_launcher_venv(root: Path) -> Path:
-    """A venv whose `axolotl` records, on each node, what the launcher line gave it; the rendezvous node
-    then writes the final checkpoint, so the training stage succeeds."""
+    """A venv whose `axolotl` stands in for torchrun's rendezvous: on each node it reads the launcher
+    arguments, the rendezvous node listens on --rdzv_endpoint and every other node connects to it by
+    that name. Once all have joined, the rendezvous node writes the final checkpoint."""
     venv = root / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text(f'export PATH={shlex.quote(str(venv / "bin"))}:"$PATH"\n')
     axolotl = venv / "bin" / "axolotl"
     axolotl.write_text(f"#!{sys.executable}\n" + '''
-import json, os, sys
+import json, os, socket, sys, time
 from pathlib import Path
 import yaml
 
@@ -59,10 +60,31 @@ assert sys.argv[1] == "train", sys.argv
 cfg = yaml.safe_load(Path(sys.argv[2]).read_text())
 out = Path(cfg["output_dir"])
 out.mkdir(parents=True, exist_ok=True)
+argv = sys.argv[1:]
+host, port = argv[argv.index("--rdzv_endpoint") + 1].rsplit(":", 1)
+nnodes = int(argv[argv.index("--nnodes") + 1])
 node = os.environ["SLURMD_NODENAME"]
-record = {"node": node, "master_addr": os.environ.get("MASTER_ADDR"), "argv": sys.argv[1:]}
+record = {"node": node, "master_addr": os.environ.get("MASTER_ADDR"), "argv": argv, "joined": []}
+if node == host:
+    with socket.create_server((host, int(port))) as server:
+        server.settimeout(60)
+        for _ in range(nnodes - 1):
+            conn, _ = server.accept()
+            with conn:
+                record["joined"].append(conn.recv(64).decode())
+else:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(node.encode())
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 (out / f"launch-{node}.json").write_text(json.dumps(record))
-if node == os.environ.get("MASTER_ADDR"):
+if node == host:
     ckpt = out / f"checkpoint-{cfg['max_steps']}"
     ckpt.mkdir(parents=True, exist_ok=True)
     state = {"global_step": cfg["max_steps"], "max_steps": cfg["max_steps"], "epoch": 1.0, "log_history": []}
@@ -82,12 +104,13 @@ def train_run(d: Driven, name: str, nodes: int, sbatch_args: list[str]) -> dict[
     return {"name": name, "backend": "slurm", "workdir": str(base / "work"),
             "axolotl_config": str(base / "axolotl.yaml"), "venv": str(fake_launcher_venv(base)),
             "stages": [{"name": "train", "kind": "train", "nodes": nodes, "gpus_per_node": 0, "max_attempts": 1,
-                        "retry_backoff": 0, "time": "00:10:00", "sbatch_args": sbatch_args}]}
+                        "retry_backoff": 0, "time": "00:10:00", "master_port": free_port(),
+                        "sbatch_args": sbatch_args}]}
 
 
 def test_training_spans_every_node_and_meets_on_the_first_node_of_the_allocation(driven: Driven) -> None:
-    """jobs/templates/train.sbatch for real: srun starts the launcher once per node, and every node is
-    given the first host of SLURM's host list as rendezvous, also when that is not node01."""
+    """jobs/templates/train.sbatch for real: srun starts the launcher once per node, every node is given
+    the first host of SLURM's host list as rendezvous (also when that is not node01), and reaches it."""
     nodes = require_multinode()
     first, *rest = nodes
     driven.submit(train_run(driven, "wide", nodes=len(nodes), sbatch_args=[]))
@@ -105,15 +128,20 @@ def test_training_spans_every_node_and_meets_on_the_first_node_of_the_allocation
         launches = {p.name: p for p in (driven.root / name / "out").glob("launch-*.json")}
         assert sorted(launches) == [f"launch-{n}.json" for n in expected_nodes]
         head = expected_nodes[0]
+        head_record = yaml.safe_load(launches[f"launch-{head}.json"].read_text())
+        endpoint = head_record["argv"][head_record["argv"].index("--rdzv_endpoint") + 1]
+        assert endpoint.startswith(f"{head}:"), endpoint
         for node in expected_nodes:
             record = yaml.safe_load(launches[f"launch-{node}.json"].read_text())
             argv = record["argv"]
             assert record["node"] == node
             assert record["master_addr"] == head, record
-            assert argv[argv.index("--rdzv_endpoint") + 1] == f"{head}:29500", argv
+            assert argv[argv.index("--rdzv_endpoint") + 1] == endpoint, argv
             assert argv[argv.index("--nnodes") + 1] == str(len(expected_nodes)), argv
             assert argv[argv.index("--rdzv_id") + 1] == f"{name}-train-1", argv
-        assert f"rendezvous {head}:29500" in log_of(attempt)
+        # Every other node reached the rendezvous node under the name the template gave it.
+        assert sorted(head_record["joined"]) == expected_nodes[1:]
+        assert f"rendezvous {endpoint}" in log_of(attempt)
 
 
 # ---- --exclude steers the scheduler -----------------------------------------------------------------
