@@ -569,17 +569,39 @@ parse_start_options() {
         esac
     done
     # A running cluster of another shape is somebody's: say so instead of pulling it from under them.
-    if pid_alive "$CTLD_PID" && [[ -f $LAYOUT ]]; then
-        running_layout=$(<"$LAYOUT")
+    # One started before layouts were recorded is the default: one node, no accounting, port 6817.
+    if pid_alive "$CTLD_PID"; then
+        if [[ -f $LAYOUT ]]; then
+            running_layout=$(<"$LAYOUT")
+        else
+            running_layout=$(NODES=1 ACCOUNTING=0 PORT_BASE=$DEFAULT_SLURMCTLD_PORT layout_text)
+        fi
         if [[ $running_layout != "$(layout_text)" ]]; then
-            usage_error "the cluster in $DIR runs with another layout ($(tr '\n' ' ' <"$LAYOUT")); stop it first"
+            usage_error "the cluster in $DIR runs with another layout ($(echo "$running_layout" | tr '\n' ' ')); stop it first"
         fi
     fi
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports_free() { # the ports of the daemons this start would launch; another cluster may hold them
+    local ports=() i port
+    pid_alive "$CTLD_PID" || ports+=("$PORT_BASE")
+    for i in $(seq 1 "$NODES"); do
+        pid_alive "$(slurmd_pidfile "$(node_names | sed -n "${i}p")")" || ports+=($((PORT_BASE + i)))
+    done
+    if ((ACCOUNTING)) && ! pid_alive "$DBD_PID"; then ports+=($((PORT_BASE + 100))); fi
+    for port in "${ports[@]}"; do
+        if port_busy "$port"; then
+            usage_error "port $port is in use (another cluster on this machine?): pick another SLURM_DEV_PORT_BASE"
+        fi
+    done
 }
 
 cmd_start() {
     need_root
     parse_start_options "$@"
+    check_ports_free
     install_packages
     mkdir -p "$DIR"
     layout_text >"$LAYOUT"
