@@ -566,7 +566,10 @@ sleep 300
     harness.submit({"name": "crash", "backend": "slurm", "workdir": str(harness.root / "w"),
                     "stages": [{"name": "train", "script": str(script), "retry_backoff": 0, "max_attempts": 3}]})
     harness.start_daemon(poll="0.5s")
-    harness.wait_for(lambda: len(events(harness.show("crash"), "milestone")) == 1, 90, "milestone of attempt 2")
+    # The milestone can come through inotify before any poll saw attempt 2 running: wait for both, so
+    # the restarted daemon has nothing left to record.
+    harness.wait_for(lambda: len(events(data := harness.show("crash"), "milestone")) == 1
+                     and any(e["attempt"] == 2 for e in events(data, "started")), 90, "milestone of attempt 2")
     assert harness.stop_daemon(signal.SIGKILL) == -signal.SIGKILL
     before = harness.show("crash")
     harness.start_daemon(poll="0.5s")
