@@ -31,9 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from supervisor.app.logsetup import configure_logging
+from supervisor.app.service import Supervisor
 from supervisor.backends import default_backend
-from supervisor.logsetup import configure_logging
-from supervisor.service import Supervisor
 
 LINE = "[rank0]: RuntimeError: NVCC timeout while compiling fused kernels"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from supervisor.models import Base
+from supervisor.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        db = context.get_x_argument(as_dictionary=True).get("db", "supervisor.db")
+        db = context.get_x_argument(as_dictionary=True).get("db", "supervisor.store.db")
         engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.

@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.models import Base, Event, OutboxEntry, Run
 from supervisor.notify.outbox import enqueue
+from supervisor.store.models import Base, Event, OutboxEntry, Run
 
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 
@@ -48,9 +48,9 @@ class ManualClock:
 def open_test_db(home: Path) -> sessionmaker[Session]:
     """The project's migrated SQLite when available, else the ORM schema directly."""
     try:
-        from supervisor.db import open_database
+        from supervisor.store.db import open_database
     except ImportError:
-        engine = create_engine(f"sqlite:///{home / 'supervisor.db'}")
+        engine = create_engine(f"sqlite:///{home / 'supervisor.store.db'}")
         Base.metadata.create_all(engine)
         return sessionmaker(engine, expire_on_commit=False)
     return open_database(home)

@@ -19,7 +19,7 @@ from typing import TypeVar
 import pytest
 
 from supervisor.backends.slurm_cli import SlurmCliCluster
-from supervisor.types import JobInfo, JobPhase
+from supervisor.domain.types import JobInfo, JobPhase
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "deploy" / "slurm-cluster.sh"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from supervisor import core
-from supervisor.core import AttemptView, Observation, Outcome, RunView, StageView
-from supervisor.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
+from supervisor.domain import core
+from supervisor.domain.core import AttemptView, Observation, Outcome, RunView, StageView
+from supervisor.domain.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

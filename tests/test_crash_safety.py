@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 
-from supervisor import core
-from supervisor.abc import ClusterError
-from supervisor.service import Supervisor, _process_with_tag_alive
-from supervisor.types import JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.app.service import Supervisor, _process_with_tag_alive
+from supervisor.domain import core
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, JobPhase, RunState, SubmitRequest
 
 from harness import TERMINAL, Harness, slurm_jobs_by_name
 from slurm_fixtures import controller_stopped, require_slurm

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from supervisor.db import DB_NAME, _alembic_config, create_db_engine, open_database
+from supervisor.store.db import DB_NAME, _alembic_config, create_db_engine, open_database
 
 
 def test_new_database_is_private_and_in_wal_mode(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.diagnose import diagnose, scan_file
-from supervisor.scanner import Catalogue, MilestoneKind, ScanAccumulator
-from supervisor.types import Progress
+from supervisor.domain.types import Progress
+from supervisor.logs.diagnose import diagnose, scan_file
+from supervisor.logs.scanner import Catalogue, MilestoneKind, ScanAccumulator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "logs" / "axolotl_real_train.log"
 WATCHDOG = (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.logwatch import LogWatcher, actionable
-from supervisor.models import Attempt, Run, Stage
-from supervisor.scanner import Catalogue
-from supervisor.types import LogMatch, Progress, SignatureAction
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.logs.follow import LogWatcher, actionable
+from supervisor.logs.scanner import Catalogue
+from supervisor.store.models import Attempt, Run, Stage
 
 
 def attempt_for(log: Path, kind: str = "script") -> tuple[Run, Attempt]:

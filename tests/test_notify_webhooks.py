@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.abc import Channel
-from supervisor.models import OutboxEntry
+from supervisor.domain.ports import Channel
 from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
 from supervisor.notify.outbox import idempotency_key
+from supervisor.store.models import OutboxEntry
 
 from notify_fixtures import (
     LoopbackReceiver,

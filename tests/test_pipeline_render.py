@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from supervisor import pipeline
-from supervisor.pipeline import MergePlan, PipelineError, StageContext
-from supervisor.transfer import VERIFIED_MARKER
+from supervisor.domain.errors import StageError
+from supervisor.stages import pipeline
+from supervisor.stages.pipeline import MergePlan, StageContext
+from supervisor.stages.rsync import VERIFIED_MARKER
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 VENV = Path("/leonardo_work/MYPROJ/venvs/axolotl-0.19")
@@ -126,7 +127,7 @@ def test_directives_omit_unset_and_format_time() -> None:
 
 @pytest.mark.parametrize("bad", [{"partition": "a b"}, {"account": "x\n#SBATCH --qos=high"}, {"time": "1 day"}])
 def test_directive_injection_refused(bad: dict[str, str]) -> None:
-    with pytest.raises(PipelineError):
+    with pytest.raises(StageError):
         pipeline.sbatch_directives("train", bad)
 
 
@@ -194,7 +195,7 @@ def test_prepare_retry_cleans_only_axolotl_entries(tmp_path: Path) -> None:
 @pytest.mark.parametrize("prepared", [".", "..", "/"])
 def test_prepare_cleanup_refuses_broad_paths(tmp_path: Path, prepared: str) -> None:
     config = project(tmp_path, dataset_prepared_path=prepared)
-    with pytest.raises(PipelineError, match="refusing"):
+    with pytest.raises(StageError, match="refusing"):
         pipeline.prepare_submission(ctx("prepare", 2, workdir=tmp_path / "work", config=config))
 
 
@@ -250,7 +251,7 @@ def test_merge_plan_prefers_a_readable_unsharded_model(tmp_path: Path) -> None:
     config = project(tmp_path, **SHARDED)
     out = config.parent / "out"
     c = ctx("merge", 1, workdir=tmp_path / "work", config=config)
-    with pytest.raises(PipelineError, match="no complete final checkpoint"):
+    with pytest.raises(StageError, match="no complete final checkpoint"):
         pipeline.prepare_submission(c)
     make_ckpt(out, 20)
     assert pipeline.plan_merge(pipeline.load_axolotl_config(c)).mode == "merge"
@@ -297,7 +298,7 @@ def test_transfer_submission_is_a_host_command(tmp_path: Path) -> None:
     c = ctx("transfer", 1, workdir=tmp_path / "work", config=config, destination="user@hitz:/models/x")
     sub = pipeline.prepare_submission(c)
     assert sub.script is None and sub.command is not None
-    assert sub.command[1:4] == ("-m", "supervisor.transfer", str(config.parent / "out" / "merged"))
+    assert sub.command[1:4] == ("-m", "supervisor.stages.rsync", str(config.parent / "out" / "merged"))
     assert sub.command[4] == "user@hitz:/models/x"
     assert pipeline.check_success(c, 0, f"...\n{VERIFIED_MARKER} a -> b\n")
     assert not pipeline.check_success(c, 0, "rsync done")
@@ -309,11 +310,11 @@ def test_script_kind_and_errors(tmp_path: Path) -> None:
     assert pipeline.prepare_submission(c).script == Path("/x/eval.sbatch")
     assert pipeline.check_success(c, 0, "") and not pipeline.check_success(c, 1, "")
     assert not pipeline.check_success(c, None, "")
-    with pytest.raises(PipelineError, match="axolotl_config"):
+    with pytest.raises(StageError, match="axolotl_config"):
         pipeline.prepare_submission(StageContext("r", "train", "train", 1, tmp_path, {}))
     config = project(tmp_path)
     no_venv = StageContext("r", "train", "train", 1, tmp_path, {}, config)
-    with pytest.raises(PipelineError, match="venv"):
+    with pytest.raises(StageError, match="venv"):
         pipeline.prepare_submission(no_venv)
-    with pytest.raises(PipelineError, match="destination"):
+    with pytest.raises(StageError, match="destination"):
         pipeline.prepare_submission(StageContext("r", "t", "transfer", 1, tmp_path, {}, config))

@@ -21,10 +21,10 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from supervisor.daemon import MIN_WAKE_INTERVAL, WAKE_JOB, Daemon
-from supervisor.service import TickReport
-from supervisor.signatures import load_builtin
-from supervisor.types import SignatureAction
+from supervisor.app.daemon import MIN_WAKE_INTERVAL, WAKE_JOB, Daemon
+from supervisor.app.service import TickReport
+from supervisor.domain.types import SignatureAction
+from supervisor.logs.catalogue import load_builtin
 
 from harness import Harness, slurm_available
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.logwatch import LogWatcher
-from supervisor.models import Attempt, Run, Stage
-from supervisor.remedies import clear_extension_locks
+from supervisor.logs.follow import LogWatcher
+from supervisor.stages.remedies import clear_extension_locks
+from supervisor.store.models import Attempt, Run, Stage
 
 from harness import Harness
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.scanner import MAX_TEXT, Catalogue, MilestoneKind, parse_metrics, required_literal
-from supervisor.types import LogMatch, Progress, SignatureAction
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.logs.scanner import MAX_TEXT, Catalogue, MilestoneKind, parse_metrics, required_literal
 
 A = SignatureAction
 BAR = " 45%|████▌     | 450/1000 [12:34<15:20,  1.67s/it]"

@@ -6,9 +6,9 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from supervisor import core
-from supervisor.service import Supervisor
-from supervisor.types import JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.app.service import Supervisor
+from supervisor.domain import core
+from supervisor.domain.types import JobInfo, JobPhase, RunState, SubmitRequest
 
 
 class RecordingCluster:
@@ -72,7 +72,7 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
 
     from sqlalchemy import select
 
-    from supervisor.models import Attempt, Event
+    from supervisor.store.models import Attempt, Event
 
     sv, _ = registered(tmp_path)
     sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Submit("s", 1)], {})
@@ -100,7 +100,7 @@ def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: P
 
     from sqlalchemy import select
 
-    from supervisor.models import Attempt
+    from supervisor.store.models import Attempt
 
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "venv" / "bin" / "activate").write_text("")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.abc import ClusterError
 from supervisor.backends.slurm_cli import SlurmCliCluster
-from supervisor.types import JobPhase, SubmitRequest
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobPhase, SubmitRequest
 
 from slurm_fixtures import (
     controller_stopped,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.durations import parse_duration
+from supervisor.domain.durations import parse_duration
 
 from harness import Harness
 
@@ -39,7 +39,7 @@ CORPUS = {
 
 def db_digest(h: Harness) -> str:
     """Every row of every table, so any write shows, wherever SQLite keeps it (main file or WAL)."""
-    with sqlite3.connect(h.home / "supervisor.db") as conn:
+    with sqlite3.connect(h.home / "supervisor.store.db") as conn:
         return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
 
 

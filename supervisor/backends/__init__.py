@@ -10,8 +10,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from supervisor.abc import Cluster
-from supervisor.types import SubmitRequest
+from supervisor.domain.ports import Cluster
+from supervisor.domain.types import SubmitRequest
 
 BACKENDS = ("slurm", "local")
 

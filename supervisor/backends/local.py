@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from supervisor.abc import ClusterError
 from supervisor.backends import job_environment
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 DEFAULT_KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL, as SLURM's KillWait
 _WRAPPER_POLL_S = 0.2

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Protocol
 
-from supervisor.abc import ClusterError
 from supervisor.backends import job_environment
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 # Name last: it is the only field a user controls, so it may contain the separator.
 SQUEUE_FORMAT = "%i|%T|%r|%N|%x|%V|%S|%e|%j"

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from supervisor.notify.config import (
-    DEFAULT_ON,
-    NotifyChannelSpec,
-    NotifyConfigError,
-    build_channels,
-)
+from supervisor.domain.errors import NotifyConfigError
+from supervisor.notify.config import DEFAULT_ON, NotifyChannelSpec, build_channels
 from supervisor.notify.outbox import (
     DeliveryPolicy,
     DeliveryReport,

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from supervisor.abc import Channel
+from supervisor.domain.errors import NotifyConfigError
+from supervisor.domain.ports import Channel
 
 DEFAULT_ON: tuple[str, ...] = (
     "crashed",
@@ -32,10 +33,6 @@ ChannelKind = Literal["slack", "matrix", "webhook"]
 _KIND_NAMES: tuple[ChannelKind, ...] = ("slack", "matrix", "webhook")
 _EVENT_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class NotifyConfigError(ValueError):
-    """A channel cannot be built (missing variable or file). The message names it, never its value."""
 
 
 class _Strict(BaseModel):

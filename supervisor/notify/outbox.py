@@ -32,10 +32,11 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from supervisor.abc import Channel, Clock, NotifyError
-from supervisor.models import ChannelState, Event, OutboxEntry, Run
-from supervisor.notify.config import NotifyChannelSpec, NotifyConfigError, build_channels, parse_specs
+from supervisor.domain.errors import NotifyConfigError, NotifyError
+from supervisor.domain.ports import Channel, Clock
+from supervisor.notify.config import NotifyChannelSpec, build_channels, parse_specs
 from supervisor.notify.render import coalesce, render
+from supervisor.store.models import ChannelState, Event, OutboxEntry, Run
 
 log = structlog.get_logger(__name__)
 

@@ -20,18 +20,12 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from supervisor import core, pipeline
-from supervisor.abc import Clock, Cluster, ClusterError, SystemClock
-from supervisor.axolotl import AxolotlConfigError
 from supervisor.backends import make_cluster
-from supervisor.checkpoints import list_checkpoints
-from supervisor.db import open_database
-from supervisor.logwatch import LogWatcher
-from supervisor.models import Attempt, Event, ExcludedNode, Run, Stage
-from supervisor.notify import RunChannels, deliver, enqueue, send_test, undelivered
-from supervisor.remedies import clear_extension_locks
-from supervisor.spec import RunSpec, StageSpec, load_spec
-from supervisor.types import (
+from supervisor.domain import core
+from supervisor.domain.errors import AxolotlConfigError, ClusterError, StageError, UserError
+from supervisor.domain.ports import Clock, Cluster, SystemClock
+from supervisor.domain.spec import RunSpec, StageSpec, load_spec
+from supervisor.domain.types import (
     AttemptState,
     JobInfo,
     JobPhase,
@@ -40,6 +34,13 @@ from supervisor.types import (
     StageState,
     SubmitRequest,
 )
+from supervisor.logs.follow import LogWatcher
+from supervisor.notify import RunChannels, deliver, enqueue, send_test, undelivered
+from supervisor.stages import pipeline
+from supervisor.stages.checkpoints import list_checkpoints
+from supervisor.stages.remedies import clear_extension_locks
+from supervisor.store.db import open_database
+from supervisor.store.models import Attempt, Event, ExcludedNode, Run, Stage
 
 log = structlog.get_logger("supervisor")
 
@@ -50,10 +51,6 @@ ACTIVE = (RunState.PENDING, RunState.RUNNING, RunState.PAUSED)
 EXCLUDE_FOR = timedelta(hours=24)
 # A job missing from both squeue and scontrol for this many successful polls in a row is gone for good.
 VANISHED_AFTER = 3
-
-
-class UserError(Exception):
-    """Something the user asked for cannot be done (unknown run, wrong state). Exit code 2, nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -510,7 +507,7 @@ class Supervisor:
             succeeded = None
             if job is not None and job.phase.finished:
                 succeeded = pipeline.check_success(ctx, job.exit_code, _log_tail(attempt.log_path))
-        except (pipeline.PipelineError, AxolotlConfigError, OSError) as exc:
+        except (StageError, AxolotlConfigError, OSError) as exc:
             log.warning("kind_check_failed", run=run.name, stage=stage.name, error=str(exc))
             return False, None, None
         return finished, succeeded, saved_at
@@ -612,7 +609,7 @@ class Supervisor:
             backend, tag = attempt.backend, attempt.tag
             try:
                 request, notes = self._request(session, run, stage, attempt)
-            except (pipeline.PipelineError, AxolotlConfigError, OSError) as exc:
+            except (StageError, AxolotlConfigError, OSError) as exc:
                 # OSError (writing the rendered job, cleaning prepared data) may pass: let the budget decide.
                 # Uncaught, it would fail every tick and leave the attempt SUBMITTING with nobody told.
                 permanent = getattr(exc, "permanent", not isinstance(exc, OSError))

@@ -25,19 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import supervisor
-from supervisor import axolotl
-from supervisor.checkpoints import (
+from supervisor.domain.errors import CheckpointError, StageError
+from supervisor.stages import axolotl
+from supervisor.stages.checkpoints import (
     SHARDED_MODEL_DIR,
-    CheckpointError,
     move_aside_incomplete,
     newest_complete,
     read_model_headers,
     unsharded_model_files,
 )
-from supervisor.checkpoints import final_reached as _final_reached
-from supervisor.transfer import VERIFIED_MARKER
+from supervisor.stages.checkpoints import final_reached as _final_reached
+from supervisor.stages.rsync import VERIFIED_MARKER
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _jobs_dir() -> Path:
@@ -82,14 +82,6 @@ _PREPARED_LOCK_FILES = frozenset({"datasets_prep.lock", "datasets_ready.flag", "
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Values that end up on an `#SBATCH` line or in a rendezvous id: no spaces, quotes or newlines.
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.,:@%+=/\[\]-]+")
-
-
-class PipelineError(Exception):
-    """A stage cannot be started as configured. ``permanent``: resubmitting will not help."""
-
-    def __init__(self, message: str, *, permanent: bool = True) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ def _base_dir(ctx: StageContext) -> Path:
 
 def _require_config_path(ctx: StageContext) -> Path:
     if ctx.axolotl_config is None:
-        raise PipelineError(f"stage {ctx.stage} ({ctx.kind}) needs axolotl_config in the run spec")
+        raise StageError(f"stage {ctx.stage} ({ctx.kind}) needs axolotl_config in the run spec")
     return ctx.axolotl_config
 
 
@@ -156,7 +148,7 @@ def load_axolotl_config(ctx: StageContext) -> axolotl.AxolotlConfig:
 def _venv(ctx: StageContext) -> Path:
     venv = ctx.options.get("venv") or ctx.venv
     if not venv:
-        raise PipelineError(f"stage {ctx.stage} ({ctx.kind}) needs a venv (run spec `venv`)")
+        raise StageError(f"stage {ctx.stage} ({ctx.kind}) needs a venv (run spec `venv`)")
     return Path(venv).absolute()
 
 
@@ -210,13 +202,13 @@ def format_time(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return _token("time", value)
-    raise PipelineError(f"time: expected HH:MM:SS, minutes or a duration, got {value!r}")
+    raise StageError(f"time: expected HH:MM:SS, minutes or a duration, got {value!r}")
 
 
 def _token(name: str, value: Any) -> str:
     text = str(value)
     if not _SAFE_TOKEN.fullmatch(text):
-        raise PipelineError(f"{name}: {text!r} is not a valid SLURM value")
+        raise StageError(f"{name}: {text!r} is not a valid SLURM value")
     return text
 
 
@@ -327,7 +319,7 @@ def render_merge(
 
 def transfer_command(source: Path, destination: str, *, attempts: int = 5, backoff: float = 30.0) -> tuple[str, ...]:
     return (
-        sys.executable, "-m", "supervisor.transfer", str(source), destination,
+        sys.executable, "-m", "supervisor.stages.rsync", str(source), destination,
         "--attempts", str(attempts), "--backoff", str(backoff),
     )  # fmt: skip
 
@@ -347,10 +339,10 @@ def clean_prepared_data(prepared: Path, *, protect: Sequence[Path] = ()) -> list
         return []
     root = prepared.resolve()
     if root == Path(root.anchor) or root == Path.home().resolve():
-        raise PipelineError(f"refusing to clean dataset_prepared_path {prepared}: too broad")
+        raise StageError(f"refusing to clean dataset_prepared_path {prepared}: too broad")
     for path in protect:
         if path.resolve().is_relative_to(root):
-            raise PipelineError(f"refusing to clean dataset_prepared_path {prepared}: it contains {path}")
+            raise StageError(f"refusing to clean dataset_prepared_path {prepared}: it contains {path}")
     removed = []
     for entry in sorted(root.iterdir()):
         if entry.is_symlink():
@@ -360,7 +352,7 @@ def clean_prepared_data(prepared: Path, *, protect: Sequence[Path] = ()) -> list
             continue
         if entry.is_dir() and _PREPARED_HASH_DIR.fullmatch(entry.name):
             if entry.resolve().parent != root:
-                raise PipelineError(f"refusing to remove {entry}: not inside {root}")
+                raise StageError(f"refusing to remove {entry}: not inside {root}")
             shutil.rmtree(entry)
             removed.append(entry)
         elif entry.is_file() and entry.name in _PREPARED_LOCK_FILES:
@@ -384,7 +376,7 @@ def prepared_dataset_present(prepared: Path) -> bool:
 
 def plan_merge(config: axolotl.AxolotlConfig) -> MergePlan:
     """Copy an unsharded final model when output_dir holds a readable one; else merge the final
-    sharded checkpoint. Raises PipelineError when training has not produced either."""
+    sharded checkpoint. Raises StageError when training has not produced either."""
     files = unsharded_model_files(config.output_dir)
     if files:
         try:
@@ -394,11 +386,11 @@ def plan_merge(config: axolotl.AxolotlConfig) -> MergePlan:
         if headers or not any(f.suffix == ".safetensors" for f in files):
             return MergePlan(mode="copy", checkpoint=None, model_files=tuple(f.name for f in files))
     if not _final_reached(config.output_dir, config.max_steps):
-        raise PipelineError(f"{config.output_dir}: no complete final checkpoint to merge", permanent=False)
+        raise StageError(f"{config.output_dir}: no complete final checkpoint to merge", permanent=False)
     final = newest_complete(config.output_dir)
     assert final is not None  # final_reached implies one
     if not (final.path / SHARDED_MODEL_DIR).is_dir():
-        raise PipelineError(f"{final.path}: no {SHARDED_MODEL_DIR} to merge (not a sharded checkpoint)")
+        raise StageError(f"{final.path}: no {SHARDED_MODEL_DIR} to merge (not a sharded checkpoint)")
     return MergePlan(mode="merge", checkpoint=final.path)
 
 
@@ -420,28 +412,28 @@ def _write_script(ctx: StageContext, text: str) -> Path:
 def prepare_submission(ctx: StageContext, *, templates_dir: Path | None = None) -> Submission:
     """Write what one attempt needs into the workdir and say how to start it.
 
-    Raises PipelineError or axolotl.AxolotlConfigError (both permanent unless flagged otherwise).
+    Raises StageError or AxolotlConfigError (both permanent unless flagged otherwise).
     """
     if ctx.kind == "script":
         script = ctx.options.get("script")
         if not script:
-            raise PipelineError(f"stage {ctx.stage}: kind script needs `script`")
+            raise StageError(f"stage {ctx.stage}: kind script needs `script`")
         return Submission(script=Path(script))
     if ctx.kind not in KINDS:
-        raise PipelineError(f"stage {ctx.stage}: unknown kind {ctx.kind!r}")
+        raise StageError(f"stage {ctx.stage}: unknown kind {ctx.kind!r}")
 
     config = load_axolotl_config(ctx)
     if ctx.kind == "transfer":
         destination = ctx.options.get("destination")
         if not destination:
-            raise PipelineError(f"stage {ctx.stage}: kind transfer needs `destination`")
+            raise StageError(f"stage {ctx.stage}: kind transfer needs `destination`")
         command = transfer_command(
             merged_dir(ctx, config),
             str(destination),
             attempts=int(ctx.options.get("attempts") or 5),
             backoff=float(ctx.options.get("backoff") or 30.0),
         )
-        # The command runs `-m supervisor.transfer` from the run's workdir: make the package findable.
+        # The command runs `-m supervisor.stages.rsync` from the run's workdir: make the package findable.
         package_root = str(Path(supervisor.__file__).resolve().parents[1])
         return Submission(command=command, env={"PYTHONPATH": package_root})
 
@@ -523,7 +515,7 @@ def check_success(ctx: StageContext, exit_code: int | None, log_tail: str) -> bo
     if ctx.kind == "merge":
         config = load_axolotl_config(ctx)
         return MERGE_READY in tail and merged_model_ok(merged_dir(ctx, config))
-    raise PipelineError(f"stage {ctx.stage}: unknown kind {ctx.kind!r}")
+    raise StageError(f"stage {ctx.stage}: unknown kind {ctx.kind!r}")
 
 
 def training_finished(ctx: StageContext) -> bool:

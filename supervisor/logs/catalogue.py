@@ -11,16 +11,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from supervisor.types import SignatureAction
+from supervisor.domain.errors import SignatureError
+from supervisor.domain.types import SignatureAction
 
 BUILTIN_RESOURCE = "signatures.yaml"
 ALLOWED_GROUPS = frozenset({"node"})
 
 _NAME_RE = r"^[a-z][a-z0-9_]*$"
-
-
-class SignatureError(ValueError):
-    """A signature entry is invalid. The message names the source, the entry and the field."""
 
 
 class SignatureSpec(BaseModel):
@@ -156,7 +153,7 @@ def parse_signatures(raw: object, source: str) -> list[SignatureSpec]:
 
 
 def load_builtin() -> list[SignatureSpec]:
-    text = resources.files("supervisor").joinpath(BUILTIN_RESOURCE).read_text(encoding="utf-8")
+    text = resources.files("supervisor.logs").joinpath(BUILTIN_RESOURCE).read_text(encoding="utf-8")
     data: Any = yaml.safe_load(text)
     source = f"supervisor/{BUILTIN_RESOURCE}"
     if not isinstance(data, Mapping) or "signatures" not in data:

@@ -21,21 +21,13 @@ from typing import Any
 
 import yaml
 
+from supervisor.domain.errors import AxolotlConfigError
+
 SHARDED_STATE_DICT = "SHARDED_STATE_DICT"
 FULL_STATE_DICT = "FULL_STATE_DICT"
 
 # Keys switched off for `axolotl preprocess`: with any of them on, a GPU-less node refuses to start.
 PRECISION_KEYS = ("bf16", "fp16", "tf32")
-
-
-class AxolotlConfigError(Exception):
-    """An axolotl config the pipeline cannot work with. Permanent: resubmitting will not help."""
-
-    def __init__(self, path: Path, field: str, expected: str) -> None:
-        super().__init__(f"{path}: {field}: expected {expected}")
-        self.path = path
-        self.field = field
-        self.expected = expected
 
 
 @dataclass(frozen=True)

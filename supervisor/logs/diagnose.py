@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from supervisor.scanner import Catalogue, ScanAccumulator, ScanResult
-from supervisor.tailer import DEFAULT_MAX_BYTES, TailState, read_new
+from supervisor.logs.scanner import Catalogue, ScanAccumulator, ScanResult
+from supervisor.logs.tailer import DEFAULT_MAX_BYTES, TailState, read_new
 
 
 def scan_file(path: Path, catalogue: Catalogue, chunk_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ScanResult]:

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from supervisor.domain.errors import CheckpointError
+
 TRAINER_STATE = "trainer_state.json"
 DCP_METADATA = ".metadata"
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
@@ -41,10 +43,6 @@ UNSHARDED_MODEL_PATTERNS = (
 class Checkpoint:
     step: int
     path: Path
-
-
-class CheckpointError(Exception):
-    """A checkpoint or model file that cannot be read as expected."""
 
 
 def list_checkpoints(output_dir: Path) -> list[Checkpoint]:

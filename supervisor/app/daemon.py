@@ -19,10 +19,11 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from supervisor.service import Supervisor
-from supervisor.tailer import keep_chunk_memory
+from supervisor.app.service import Supervisor
+from supervisor.domain.errors import AlreadyRunning
+from supervisor.logs.tailer import keep_chunk_memory
 
-log = structlog.get_logger("supervisor.daemon")
+log = structlog.get_logger("supervisor.app.daemon")
 LOCK_NAME = "supervisor.lock"
 TICK_JOB = "tick"
 WAKE_JOB = "wake"
@@ -30,13 +31,6 @@ OUTBOX_JOB = "outbox"
 # A log that is written continuously must not turn into back-to-back passes: at most this often.
 MIN_WAKE_INTERVAL = 0.2
 OUTBOX_INTERVAL = 5.0
-
-
-class AlreadyRunning(Exception):
-    def __init__(self, lock_path: Path, holder: str) -> None:
-        super().__init__(f"another supervisor holds {lock_path} (pid {holder or '?'}); "
-                         "one daemon per state directory")
-        self.lock_path = lock_path
 
 
 @contextmanager

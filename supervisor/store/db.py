@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-DB_NAME = "supervisor.db"
+DB_NAME = "supervisor.store.db"
 
 
 def _alembic_config(engine: Engine) -> Config:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from supervisor.types import (
+from supervisor.domain.types import (
     AttemptState,
     JobInfo,
     JobPhase,

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from supervisor import __version__
-from supervisor.durations import format_duration, parse_duration
-from supervisor.spec import SpecError
+from supervisor.domain.durations import format_duration, parse_duration
+from supervisor.domain.errors import SpecError
 
 app = typer.Typer(
     help="Babysit LLM fine-tuning pipelines on SLURM: submit, watch, resubmit, report.",
@@ -46,7 +46,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    from supervisor.service import UserError
+    from supervisor.domain.errors import UserError
 
     try:
         yield
@@ -55,7 +55,7 @@ def user_errors() -> Iterator[None]:
 
 
 def supervisor_obj() -> Any:
-    from supervisor.service import Supervisor
+    from supervisor.app.service import Supervisor
 
     return Supervisor(state.home)
 
@@ -79,7 +79,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    from supervisor.logsetup import configure_logging
+    from supervisor.app.logsetup import configure_logging
 
     state.home = (home or DEFAULT_HOME).expanduser().resolve()
     configure_logging(log_level)
@@ -196,7 +196,8 @@ def daemon(
         "--exit-when-idle", help="Exit once no run is pending, running or paused (demos, batch use).")] = False,
 ) -> None:
     """Supervise every active run until SIGTERM/SIGINT (one daemon per state directory)."""
-    from supervisor.daemon import AlreadyRunning, Daemon, instance_lock
+    from supervisor.app.daemon import Daemon, instance_lock
+    from supervisor.domain.errors import AlreadyRunning
 
     seconds = _poll_seconds(poll)
     try:
@@ -210,7 +211,8 @@ def daemon(
 @app.command()
 def tick() -> None:
     """One reconciliation pass (for scrontab). Does nothing when a daemon is running."""
-    from supervisor.daemon import AlreadyRunning, instance_lock
+    from supervisor.app.daemon import instance_lock
+    from supervisor.domain.errors import AlreadyRunning
 
     try:
         with instance_lock(state.home):
@@ -228,8 +230,8 @@ def diagnose(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Replay the failure-signature catalogue on a log: every match and the root cause (the verdict)."""
-    from supervisor.diagnose import diagnose as run_diagnose
-    from supervisor.scanner import Catalogue
+    from supervisor.logs.diagnose import diagnose as run_diagnose
+    from supervisor.logs.scanner import Catalogue
 
     entries = None
     if run is not None:
@@ -259,7 +261,7 @@ def notify_test(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Send a test message to every notification channel of a run, now."""
-    from supervisor.notify import NotifyConfigError
+    from supervisor.domain.errors import NotifyConfigError
 
     with user_errors():
         try:

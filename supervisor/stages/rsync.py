@@ -2,7 +2,7 @@
 
 Runs on the supervisor's host (the login node), not in a batch job: compute nodes usually cannot
 reach the destination. Building argv and parsing rsync's output are pure functions; ``_run`` is the
-one place that starts a process. ``python -m supervisor.transfer SRC DEST`` is the command the
+one place that starts a process. ``python -m supervisor.stages.rsync SRC DEST`` is the command the
 pipeline's ``transfer`` stage runs.
 """
 
@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from supervisor.domain.errors import TransferError
 
 VERIFIED_MARKER = "Transfer verified:"
 
@@ -43,13 +45,6 @@ class TransferProgress:
     files_left: int | None = None  # still to check
     files_total: int | None = None
     scan_complete: bool = True  # False while rsync is still listing files (ir-chk): the percent is low
-
-
-class TransferError(Exception):
-    def __init__(self, message: str, *, permanent: bool, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.exit_code = exit_code
 
 
 def _source_arg(source: Path) -> str:
@@ -253,7 +248,7 @@ def transfer_and_verify(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``transfer`` stage; its output is the stage's log."""
-    parser = argparse.ArgumentParser(prog="python -m supervisor.transfer")
+    parser = argparse.ArgumentParser(prog="python -m supervisor.stages.rsync")
     parser.add_argument("source", type=Path)
     parser.add_argument("destination")
     parser.add_argument("--attempts", type=int, default=5)

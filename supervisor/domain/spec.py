@@ -9,20 +9,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from supervisor.durations import parse_duration
+from supervisor.domain.durations import parse_duration
+from supervisor.domain.errors import SpecError
 from supervisor.notify.config import NotifyChannelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 StageKind = Literal["script", "prepare", "train", "merge", "transfer"]
-
-
-class SpecError(Exception):
-    """A spec the user wrote cannot be used. The message is one line naming the file and the field."""
-
-    def __init__(self, path: Path | str, field: str, problem: str) -> None:
-        self.path, self.field, self.problem = str(path), field, problem
-        where = f"{self.path}: {field}: " if field else f"{self.path}: "
-        super().__init__(where + problem)
 
 
 def _duration(value: Any) -> float | None:
@@ -161,8 +153,8 @@ def load_spec(path: Path) -> RunSpec:
     except ValidationError as exc:
         raise _first_error(path, exc) from None
     if spec.signatures:
-        from supervisor.scanner import Catalogue
-        from supervisor.signatures import SignatureError
+        from supervisor.domain.errors import SignatureError
+        from supervisor.logs.scanner import Catalogue
 
         try:
             Catalogue.load(spec.signatures, source=str(path))
@@ -186,7 +178,8 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
     if axolotl_config is not None:
         if not axolotl_config.is_file():
             raise SpecError(path, "axolotl_config", f"file not found: {spec.axolotl_config}")
-        from supervisor.axolotl import AxolotlConfigError, load_config
+        from supervisor.domain.errors import AxolotlConfigError
+        from supervisor.stages.axolotl import load_config
 
         try:
             # A config the pipeline cannot work with fails here, not hours later in a queued job.

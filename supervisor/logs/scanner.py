@@ -24,9 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from supervisor.signatures import (
+from supervisor.domain.errors import SignatureError
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.logs.catalogue import (
     CompiledSignature,
-    SignatureError,
     SignatureSpec,
     compile_signature,
     hyperscan_expression,
@@ -34,7 +35,6 @@ from supervisor.signatures import (
     python_flags,
     regex_tokens,
 )
-from supervisor.types import LogMatch, Progress, SignatureAction
 
 MAX_TEXT = 512
 CONTEXT_BEFORE = 3

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.models import Attempt, Run
-from supervisor.scanner import Catalogue
-from supervisor.tailer import TailState, read_new
-from supervisor.transfer import last_progress
-from supervisor.types import LogMatch, Progress, SignatureAction
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.logs.scanner import Catalogue
+from supervisor.logs.tailer import TailState, read_new
+from supervisor.stages.rsync import last_progress
+from supervisor.store.models import Attempt, Run
 
 # Bound the work one tick spends on one log; the rest is read on the next tick.
 MAX_BYTES_PER_TICK = 64 * 1024 * 1024
@@ -130,7 +130,7 @@ class LogWatcher:
     # ---- inotify wake-ups --------------------------------------------------------------------------
 
     def start(self, wake: Callable[[], None]) -> None:
-        from supervisor.watch import LogDirWatcher
+        from supervisor.logs.inotify import LogDirWatcher
 
         self._watcher = LogDirWatcher(lambda _path: wake())
         self._watcher.start()

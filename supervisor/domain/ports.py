@@ -6,15 +6,7 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from supervisor.types import JobInfo, SubmitRequest
-
-
-class ClusterError(Exception):
-    """The cluster could not answer or refused. ``permanent`` says whether retrying can help."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+from supervisor.domain.types import JobInfo, SubmitRequest
 
 
 class Cluster(Protocol):
@@ -41,15 +33,6 @@ class Cluster(Protocol):
     def cancel(self, job_id: str) -> None:
         """Cancel a job; cancelling a job that already ended is not an error."""
         ...
-
-
-class NotifyError(Exception):
-    """A channel refused or could not be reached. ``permanent`` says whether retrying can help."""
-
-    def __init__(self, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after = retry_after
 
 
 class Channel(Protocol):

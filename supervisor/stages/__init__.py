@@ -1,0 +1,1 @@
+"""Stage kinds: what prepare, train, merge, transfer and script do around one attempt."""
