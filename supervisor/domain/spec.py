@@ -11,10 +11,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
+from supervisor.domain.types import StageKind
 from supervisor.notify.config import NotifyChannelSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-StageKind = Literal["script", "prepare", "train", "merge", "transfer"]
+
 
 
 def _duration(value: Any) -> float | None:
@@ -36,7 +37,7 @@ class _Strict(BaseModel):
 
 class StageSpec(_Strict):
     name: str = Field(pattern=NAME_RE.pattern)
-    kind: StageKind = "script"
+    kind: StageKind = StageKind.SCRIPT
     script: Path | None = None
     command: list[str] | None = Field(default=None, min_length=1)
     sbatch_args: list[str] = []
@@ -64,12 +65,12 @@ class StageSpec(_Strict):
 
     @model_validator(mode="after")
     def _what_to_run(self) -> StageSpec:
-        if self.kind == "script":
+        if self.kind is StageKind.SCRIPT:
             if (self.script is None) == (self.command is None):
                 raise ValueError("a stage needs exactly one of `script` (an sbatch script) or `command`")
         elif self.script is not None or self.command is not None:
             raise ValueError(f"a `{self.kind}` stage renders its own job: drop `script`/`command`")
-        if self.kind == "transfer" and not self.destination:
+        if self.kind is StageKind.TRANSFER and not self.destination:
             raise ValueError("a `transfer` stage needs `destination` (a local path or host:path)")
         return self
 
@@ -93,7 +94,7 @@ class RunSpec(_Strict):
                 raise ValueError(f"duplicate stage name {stage.name!r}")
             seen.add(stage.name)
         kinds = {s.kind for s in self.stages}
-        if kinds & {"prepare", "train", "merge"} and self.axolotl_config is None:
+        if kinds & {StageKind.PREPARE, StageKind.TRAIN, StageKind.MERGE} and self.axolotl_config is None:
             raise ValueError("prepare/train/merge stages need `axolotl_config`")
         return self
 

@@ -9,6 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 
+class StageKind(enum.StrEnum):
+    """What a stage does; each has one module in :mod:`supervisor.stages`, chosen by this key."""
+
+    SCRIPT = "script"  # the user's own sbatch script or command, judged by its exit code
+    PREPARE = "prepare"  # axolotl preprocess on one CPU node
+    TRAIN = "train"  # axolotl + torchrun on N nodes
+    MERGE = "merge"  # sharded checkpoint -> one safetensors model, on a big-memory node
+    TRANSFER = "transfer"  # rsync from the supervisor's own host
+
+
 class RunState(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
