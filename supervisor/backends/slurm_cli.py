@@ -399,6 +399,8 @@ class SlurmCliCluster:
 
     def submit(self, request: SubmitRequest) -> str:
         argv = render_sbatch_argv(request)
+        # sbatch exports its own environment to the job (--export=ALL unless told otherwise), and an
+        # --export list takes its values from there too: what is not in `env` cannot reach the job.
         env = job_environment(request, os.environ if self._base_env is None else self._base_env)
         result = self._run(argv, env=env, cwd=request.workdir, timeout=self._timeout)
         if result.returncode != 0:

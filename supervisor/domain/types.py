@@ -91,6 +91,8 @@ class SubmitRequest:
     sbatch_args: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    # Variables of the supervisor's own environment the job must not inherit (the notify secrets' names).
+    unset_env: tuple[str, ...] = ()
 
 
 class SignatureAction(enum.StrEnum):

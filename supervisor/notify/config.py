@@ -179,6 +179,22 @@ def parse_specs(specs: Sequence[NotifyChannelSpec | Mapping[str, Any]]) -> list[
     return [s if isinstance(s, NotifyChannelSpec) else NotifyChannelSpec.model_validate(s) for s in specs]
 
 
+def secret_env_names(specs: Sequence[NotifyChannelSpec | Mapping[str, Any]]) -> tuple[str, ...]:
+    """The environment variables the ``notify:`` entries read secrets (or secret URLs) from, in order.
+
+    A job never needs them, so the backends remove them from its environment (``SubmitRequest.unset_env``).
+    """
+    names: list[str] = []
+    for spec in parse_specs(specs):
+        channel = getattr(spec, spec.kind)
+        # Every `*_env` field names a variable holding a secret: a channel added later is covered too.
+        for field in type(channel).model_fields:
+            value = getattr(channel, field)
+            if field.endswith("_env") and isinstance(value, str):
+                names.append(value)
+    return tuple(dict.fromkeys(names))
+
+
 def channel_key(index: int, spec: NotifyChannelSpec) -> str:
     return f"{index}:{spec.kind}"
 
@@ -263,4 +279,5 @@ __all__ = [
     "channel_key",
     "parse_specs",
     "resolve_secret",
+    "secret_env_names",
 ]
