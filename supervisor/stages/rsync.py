@@ -3,7 +3,7 @@
 Runs on the supervisor's host (the login node), not in a batch job: compute nodes usually cannot
 reach the destination. Building argv and parsing rsync's output are pure functions; ``_run`` is the
 one place that starts a process. ``python -m supervisor.stages.rsync SRC DEST`` is the command the
-pipeline's ``transfer`` stage runs.
+``transfer`` kind (:mod:`supervisor.stages.transfer`) runs.
 """
 
 from __future__ import annotations
