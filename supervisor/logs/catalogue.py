@@ -1,4 +1,9 @@
-"""The failure-signature catalogue: load the built-in YAML, validate, merge a run spec's entries, compile."""
+"""The failure-signature catalogue: load the built-in YAML, validate, merge a run spec's entries, compile.
+
+Patterns are confirmed (and their named groups read) with RE2, whose matching time is linear in the length
+of the line whatever the pattern: a user signature such as ``(a+)+b`` takes Python's backtracking ``re``
+exponential time on a line of ``a``s, and one such line would stall every run the daemon watches.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol, cast
 
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -44,10 +50,52 @@ class SignatureSpec(BaseModel):
         return patterns
 
 
+class RegexMatch(Protocol):
+    """What the scanner reads from a match (RE2's match objects have the same methods as ``re``'s)."""
+
+    def start(self) -> int: ...
+
+    def end(self) -> int: ...
+
+    def groupdict(self) -> dict[str, str | None]: ...
+
+
+class LinearRegex(Protocol):
+    def search(self, text: str) -> RegexMatch | None: ...
+
+
+class LinearBytesRegex(Protocol):
+    def search(self, data: bytes, pos: int = 0) -> RegexMatch | None: ...
+
+
+def _re2_options(caseless: bool, *, latin1: bool = False) -> Any:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own copy of every parse error on stderr
+    options.case_sensitive = not caseless
+    if latin1:
+        # Byte-wise, like `re` on bytes: a log is not always valid UTF-8.
+        options.encoding = re2.Options.Encoding.LATIN1
+    return options
+
+
+def compile_linear(pattern: str, caseless: bool) -> LinearRegex:
+    """``pattern`` compiled by RE2 (raises ``re2.error``). \\w, \\d, \\b are ASCII, as with ``re.ASCII``."""
+    return cast(LinearRegex, re2.compile(pattern, _re2_options(caseless)))
+
+
+def compile_linear_bytes(pattern: bytes, caseless: bool) -> LinearBytesRegex:
+    return cast(LinearBytesRegex, re2.compile(pattern, _re2_options(caseless, latin1=True)))
+
+
+def _re2_message(exc: Exception) -> str:
+    detail = exc.args[0] if exc.args else exc
+    return detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+
+
 @dataclass(frozen=True)
 class CompiledSignature:
     spec: SignatureSpec
-    regexes: tuple[re.Pattern[str], ...]
+    regexes: tuple[LinearRegex, ...]
 
     @property
     def name(self) -> str:
@@ -86,6 +134,10 @@ def pattern_problem(pattern: str) -> str | None:
             return "back-references and lookarounds are not supported by Hyperscan"
         if tok == "?" and prev in ("*", "+", "?", "}"):
             return "lazy quantifiers are not supported by Hyperscan"
+    try:
+        compile_linear(pattern, caseless=False)
+    except re2.error as exc:
+        return f"not supported by RE2, the linear-time engine lines are checked with: {_re2_message(exc)}"
     return None
 
 
@@ -170,8 +222,7 @@ def merge(builtin: Sequence[SignatureSpec], user: Iterable[SignatureSpec]) -> li
 
 
 def compile_signature(spec: SignatureSpec) -> CompiledSignature:
-    flags = python_flags(spec.caseless)
-    return CompiledSignature(spec=spec, regexes=tuple(re.compile(p, flags) for p in spec.patterns))
+    return CompiledSignature(spec=spec, regexes=tuple(compile_linear(p, spec.caseless) for p in spec.patterns))
 
 
 def load_specs(user_entries: object = None, source: str = "run spec") -> list[SignatureSpec]:

@@ -28,11 +28,15 @@ from supervisor.domain.errors import SignatureError
 from supervisor.domain.types import LogMatch, Progress, SignatureAction
 from supervisor.logs.catalogue import (
     CompiledSignature,
+    LinearBytesRegex,
+    LinearRegex,
+    RegexMatch,
     SignatureSpec,
+    compile_linear,
+    compile_linear_bytes,
     compile_signature,
     hyperscan_expression,
     load_specs,
-    python_flags,
     regex_tokens,
 )
 
@@ -112,7 +116,7 @@ class _Probe:
 
     signature: int  # index into the signatures, or -1 - milestone index
     detect: str
-    confirm: re.Pattern[str]
+    confirm: LinearRegex
     caseless: bool
 
 
@@ -217,19 +221,19 @@ def _covers(short: _Detector, long: _Detector) -> bool:
 
 
 class _RegexEngine:
-    """Fallback without Hyperscan: `bytes.find` on a literal every match must contain, `re` on the rest."""
+    """Fallback without Hyperscan: `bytes.find` on a literal every match must contain, RE2 on the rest."""
 
     def __init__(self, probes: Sequence[_Probe]) -> None:
         self._literal: list[tuple[int, bytes, bool]] = []
-        self._regex: list[tuple[int, re.Pattern[bytes]]] = []
+        self._regex: list[tuple[int, LinearBytesRegex]] = []
         for probe_id, probe in enumerate(probes):
             literal = required_literal(probe.detect)
             if literal is not None and literal.isascii():
                 lit = literal.encode()
                 self._literal.append((probe_id, lit.lower() if probe.caseless else lit, probe.caseless))
             else:
-                flags = re.IGNORECASE if probe.caseless else 0
-                self._regex.append((probe_id, re.compile(hyperscan_expression(probe.detect).encode(), flags)))
+                expression = hyperscan_expression(probe.detect).encode()
+                self._regex.append((probe_id, compile_linear_bytes(expression, probe.caseless)))
         self._any_caseless = any(caseless for _, _, caseless in self._literal)
 
     def candidates(self, data: bytes, *, stop_at_escape: bool = False) -> list[tuple[int, int]] | None:
@@ -244,7 +248,12 @@ class _RegexEngine:
                 hits.append((pos, probe_id))
                 pos = hay.find(lit, _line_end(data, pos))
         for probe_id, rx in self._regex:
-            hits.extend((m.start(), probe_id) for m in rx.finditer(data))
+            # One candidate per line is all `_confirm` looks at; every match of a long line would make
+            # finding their line starts quadratic.
+            found = rx.search(data)
+            while found is not None:
+                hits.append((found.start(), probe_id))
+                found = rx.search(data, _line_end(data, found.start()))
         return hits
 
 
@@ -277,7 +286,7 @@ class Catalogue:
                 for pattern, regex in zip(sig.spec.patterns, sig.regexes, strict=True)
             )
         for index, (_, detect, extract, caseless) in enumerate(_MILESTONES):
-            probes.append(_Probe(-1 - index, detect, re.compile(extract, python_flags(caseless)), caseless))
+            probes.append(_Probe(-1 - index, detect, compile_linear(extract, caseless), caseless))
         self._probes = tuple(probes)
         hyperscan = _load_hyperscan() if engine in ("auto", "hyperscan") else None
         if engine == "hyperscan" and hyperscan is None:
@@ -536,7 +545,7 @@ def _decode_capped(data: bytes, start: int, end: int) -> str:
     return data[start : min(end, start + 4 * MAX_TEXT)].decode("utf-8", errors="replace")[:MAX_TEXT]
 
 
-def _display_text(line: str, found: re.Match[str]) -> str:
+def _display_text(line: str, found: RegexMatch) -> str:
     """The line without a tqdm fragment glued in front of the message, capped around the match."""
     head = 0
     for bar in _TQDM_BAR_RE.finditer(line, 0, found.start()):
