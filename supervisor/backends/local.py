@@ -7,12 +7,19 @@ supervisor that is killed and restarted still learns the exit code of a job that
 
 The record is written only by the wrapper (once when the job started, once when it ended), always by
 atomic rename; a cancel request is a separate ``<id>.cancel`` file, so no two processes ever write the
-same file.
+same file. ``local-jobs/`` and everything in it is private to the user (0700, 0600): records hold the
+job's command line.
+
+A job that ends while the disk is full must not read as lost (and be run again): when the job starts, the
+wrapper also writes ``.<id>.json.end``, padded to hold the end record, and the end record overwrites those
+bytes in place before the rename, which needs no free space. Should even that fail, the wrapper exits with
+the job's own exit status, which the supervisor that started it reads instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -34,6 +41,10 @@ from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 DEFAULT_KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL, as SLURM's KillWait
 _WRAPPER_POLL_S = 0.2
 _RECORD_DIR = "local-jobs"
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
+# Room left in the reserved end record beyond the start record's size: the fields the end adds.
+_END_RESERVE_BYTES = 4096
 _ID_RE = re.compile(r"L(\d+)")
 
 # -I: the job's PYTHONPATH/PYTHONHOME are meant for the job, not for the wrapper's interpreter.
@@ -160,13 +171,51 @@ def _process_matches(pid: object, start_ticks: object, boot_id: object) -> bool:
 # --- record files ------------------------------------------------------------------------------
 
 
+def _open_private(path: Path, flags: int) -> int:
+    return os.open(path, flags | os.O_CREAT, _PRIVATE_FILE)
+
+
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+
+
+def _end_path(record_path: Path) -> Path:
+    return record_path.with_name(f".{record_path.name}.end")
+
+
+def _reserve_end(record_path: Path, record: Mapping[str, Any]) -> None:
+    """Write the file the end record will overwrite, as long as that end record can ever be."""
+    size = len(json.dumps(record, indent=1, sort_keys=True).encode()) + _END_RESERVE_BYTES
+    with open(_open_private(_end_path(record_path), os.O_WRONLY | os.O_TRUNC), "wb") as fh:
+        fh.write(b" " * size)  # blanks: JSON allows any amount of trailing whitespace
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_end(record_path: Path, record: Mapping[str, Any]) -> None:
+    """Replace the record with its end, into the reserved file when there is one (a full disk has room
+    for bytes it already holds), else the usual way."""
+    reserved = _end_path(record_path)
+    text = json.dumps(record, indent=1, sort_keys=True).encode()
+    try:
+        fd = os.open(reserved, os.O_WRONLY)
+    except FileNotFoundError:
+        _write_json(record_path, record)
+        return
+    with open(fd, "wb") as fh:  # an open descriptor: "wb" does not truncate it
+        size = os.fstat(fd).st_size
+        if len(text) > size:
+            fh.write(text)  # longer than reserved: needs new blocks, which a disk with room has
+        else:
+            fh.write(text + b" " * (size - len(text)))
+        fh.flush()
+        os.fsync(fh.fileno())
+    reserved.replace(record_path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -237,7 +286,15 @@ def wrapper_main(spec_json: str) -> int:
         end_time=None,
         exit_code=None,
     )
-    _write_json(record_path, record)
+    try:
+        _write_json(record_path, record)
+    except OSError:
+        # Unrecorded, nobody could ever learn how it ended or cancel it: it must not run.
+        _signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+    with contextlib.suppress(OSError):  # without the reserve, the exit status below is what is left
+        _reserve_end(record_path, record)
 
     term_sent_at: float | None = None
     killed = False
@@ -257,13 +314,18 @@ def wrapper_main(spec_json: str) -> int:
     # Like the end of a SLURM batch step: nothing the job left behind keeps running.
     _signal_group(child.pid, signal.SIGKILL)
     returncode = child.wait()
+    exit_code = 128 - returncode if returncode < 0 else returncode
     record.update(
         end_time=_now_iso(),
-        exit_code=128 - returncode if returncode < 0 else returncode,
+        exit_code=exit_code,
         signal=-returncode if returncode < 0 else None,
         cancelled=cancel_signalled or cancel_path.exists(),
     )
-    _write_json(record_path, record)
+    try:
+        _write_end(record_path, record)
+    except OSError:
+        # Nowhere left to write: the supervisor that started this wrapper reads its exit status instead.
+        return exit_code
     return 0
 
 
@@ -292,12 +354,15 @@ class LocalCluster:
         self._kill_grace = kill_grace
         self._start_timeout = start_timeout
         self._base_env = base_env
-        # Wrappers started by this object, kept only so their exits get reaped (no zombies).
+        # Wrappers started by this object, kept so their exits get reaped (no zombies) and read: a wrapper
+        # that could not write the end record exits with the job's exit status.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._wrapper_exits: dict[str, tuple[int, str]] = {}  # job id -> (exit status, when it was seen)
 
     def submit(self, request: SubmitRequest) -> str:
         argv = job_argv(request)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+        self._dir.chmod(_PRIVATE_DIR)  # also a directory made before records were private
         job_id = self._next_id()
         record_path = self._record_path(job_id)
         spec = {
@@ -316,7 +381,7 @@ class LocalCluster:
         package_root = str(Path(__file__).resolve().parents[2])
         wrapper_log = self._dir / f"{job_id}.wrapper.log"
         try:
-            with open(wrapper_log, "wb") as err:
+            with open(_open_private(wrapper_log, os.O_WRONLY | os.O_TRUNC), "wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-c", _WRAPPER_BOOT, package_root, json.dumps(spec)],
                     env=env,
@@ -367,11 +432,11 @@ class LocalCluster:
             # wrapper looks before starting the job. Never for an id not handed out, or a future
             # job would be born cancelled.
             if 0 < _id_number(job_id) <= self._last_id():
-                self._cancel_path(job_id).touch()
+                self._cancel_path(job_id).touch(_PRIVATE_FILE)
             return
         if record.get("end_time") is not None:
             return
-        self._cancel_path(job_id).touch()
+        self._cancel_path(job_id).touch(_PRIVATE_FILE)
         pgid = record.get("pgid")
         if not isinstance(pgid, int):
             return
@@ -410,6 +475,12 @@ class LocalCluster:
             # It may have written its end and exited between the read and the check.
             record = _read_json(path) or record
         alive = record.get("end_time") is None and self._wrapper_alive(record)
+        if record.get("end_time") is None and not alive and job_id in self._wrapper_exits:
+            exit_code, seen_at = self._wrapper_exits[job_id]
+            ended = {**record, "end_time": seen_at, "exit_code": exit_code,
+                     "cancelled": self._cancel_path(job_id).exists()}
+            reason = "end record could not be written (disk full?); exit status from the wrapper"
+            return dataclasses.replace(job_info_from_record(ended, alive=False), reason=reason)
         return job_info_from_record(record, alive=alive)
 
     @staticmethod
@@ -425,11 +496,12 @@ class LocalCluster:
 
     def _next_id(self) -> str:
         counter = self._dir / "counter"
-        with open(self._dir / "counter.lock", "a+b") as lock:
+        with open(_open_private(self._dir / "counter.lock", os.O_RDWR), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             number = self._last_id() + 1
             tmp = counter.with_name(".counter.tmp")
-            tmp.write_text(f"{number}\n")
+            with open(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as fh:
+                fh.write(f"{number}\n")
             tmp.replace(counter)
         return f"L{number}"
 
@@ -451,3 +523,5 @@ class LocalCluster:
         for job_id, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[job_id]
+                if proc.returncode >= 0:  # a wrapper killed by a signal says nothing about its job
+                    self._wrapper_exits[job_id] = (proc.returncode, _now_iso())
