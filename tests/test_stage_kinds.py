@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -232,6 +233,15 @@ def test_transfer_submission_is_a_host_command(tmp_path: Path) -> None:
     assert succeeded(c, 0, f"...\n{VERIFIED_MARKER} a -> b\n")
     assert not succeeded(c, 0, "rsync done")
     assert not succeeded(c, 1, VERIFIED_MARKER)
+
+
+def test_transfer_command_starts_without_a_warning_in_its_log() -> None:
+    # The registry is built when the package is imported; if that loaded the rsync module, runpy would
+    # warn on stderr (the attempt's log) every time the transfer command starts.
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor.stages.rsync", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage:" in done.stdout and done.stderr == ""
 
 
 def test_script_kind_and_errors(tmp_path: Path) -> None:

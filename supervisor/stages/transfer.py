@@ -16,7 +16,6 @@ from supervisor.domain.spec import StageSpec
 from supervisor.domain.types import Progress, StageKind
 from supervisor.stages import context
 from supervisor.stages.base import StageContext, Submission
-from supervisor.stages.rsync import VERIFIED_MARKER, last_progress
 
 
 def transfer_command(source: Path, destination: str, *, attempts: int = 5, backoff: float = 30.0) -> tuple[str, ...]:
@@ -49,9 +48,15 @@ class TransferKind:
         return None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:
+        from supervisor.stages.rsync import VERIFIED_MARKER  # see progress()
+
         return exit_code == 0 and VERIFIED_MARKER in log_tail
 
     def progress(self, text: str) -> Progress | None:
+        # Imported here, not at the top: the registry imports this module with the package, and
+        # `python -m supervisor.stages.rsync` (the transfer command) warns when its module is loaded first.
+        from supervisor.stages.rsync import last_progress
+
         # rsync --info=progress2 redraws one line with \r: percent done of the whole transfer.
         rsync = last_progress(text)
         return Progress(step=rsync.percent, total=100) if rsync is not None else None
