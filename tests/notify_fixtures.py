@@ -50,7 +50,7 @@ def open_test_db(home: Path) -> sessionmaker[Session]:
     try:
         from supervisor.store.db import open_database
     except ImportError:
-        engine = create_engine(f"sqlite:///{home / 'supervisor.store.db'}")
+        engine = create_engine(f"sqlite:///{home / 'supervisor.db'}")
         Base.metadata.create_all(engine)
         return sessionmaker(engine, expire_on_commit=False)
     return open_database(home)

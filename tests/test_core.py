@@ -16,7 +16,6 @@ def stage(
 ) -> StageView:
     return StageView(
         name=name,
-        kind="script",
         state=state,
         max_attempts=kw.pop("max_attempts", 3),  # type: ignore[arg-type]
         attempts=attempts,
@@ -92,7 +91,7 @@ def test_job_exit_nonzero_is_crash() -> None:
     run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 1))}, T0)
     update = actions[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["state"] is AttemptState.FAILED
+    assert isinstance(update, core.UpdateAttempt) and update.changes.state is AttemptState.FAILED
     assert "crashed" in [a.kind for a in actions if isinstance(a, core.Emit)]
 
 
@@ -106,7 +105,7 @@ def test_external_cancel_pauses_run() -> None:
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.CANCELLED))}, T0)
     assert core.SetRun(RunState.PAUSED) in actions
     update = actions[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["outcome"] is Outcome.OPERATOR
+    assert isinstance(update, core.UpdateAttempt) and update.changes.outcome is Outcome.OPERATOR
 
 
 def test_held_job_is_an_operator_action() -> None:
@@ -167,11 +166,11 @@ def test_training_completed_then_crash_counts_as_success() -> None:
         run, {("a", 1): Observation(matches=(match("training_completed", SignatureAction.FINISH),))}, T0
     )
     update = seen[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["work_done"] is True
+    assert isinstance(update, core.UpdateAttempt) and update.changes.work_done is True
     run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(work_done=True),)),))
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 134))}, T0)
     first = actions[0]
-    assert isinstance(first, core.UpdateAttempt) and first.changes["state"] is AttemptState.SUCCEEDED
+    assert isinstance(first, core.UpdateAttempt) and first.changes.state is AttemptState.SUCCEEDED
 
 
 def test_stall_timeout_resubmits() -> None:
@@ -241,7 +240,7 @@ def test_job_first_seen_ended_keeps_its_start_time() -> None:
     )
     update = core.observe(run, {("a", 1): Observation(job=info)}, T0 + timedelta(seconds=30))[0]
     assert isinstance(update, core.UpdateAttempt)
-    assert update.changes["started_at"] == started and update.changes["state"] is AttemptState.SUCCEEDED
+    assert update.changes.started_at == started and update.changes.state is AttemptState.SUCCEEDED
 
 
 def test_stall_right_after_a_hang_hint_is_named_after_it() -> None:

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.app.service import Supervisor, _process_with_tag_alive
+from supervisor.app.service import Supervisor
+from supervisor.app.submit import process_with_tag_alive
 from supervisor.domain import core
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.types import JobInfo, JobPhase, RunState, SubmitRequest
@@ -422,7 +423,7 @@ def test_reconcile_does_not_resubmit_while_a_launcher_may_still_create_the_job(
     sv, cluster, tag = racing
     cluster.launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", tag])
     deadline = time.monotonic() + 30
-    while not _process_with_tag_alive(tag):  # a just-started process may show an empty cmdline for a moment
+    while not process_with_tag_alive(tag):  # a just-started process may show an empty cmdline for a moment
         assert time.monotonic() < deadline, "the launcher never showed its command line"
         time.sleep(0.01)
     sv.reconcile_submitting()

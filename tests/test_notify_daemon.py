@@ -50,7 +50,7 @@ def test_run_events_are_delivered_signed_and_secret_free(harness: Harness, recei
     tested = harness.cli("notify", "test", "noisy", "--json")
     assert [row["delivered"] for row in json.loads(tested.out)] == [True, True]
     everything = shown + tested.out + tested.err + harness.daemon_log.read_text()
-    everything += (harness.home / "supervisor.store.db").read_bytes().decode(errors="replace")
+    everything += (harness.home / "supervisor.db").read_bytes().decode(errors="replace")
     assert "slack-secret-path" not in everything and HOOK_SECRET not in everything
 
 

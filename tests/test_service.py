@@ -8,7 +8,7 @@ from pathlib import Path
 
 from supervisor.app.service import Supervisor
 from supervisor.domain import core
-from supervisor.domain.types import JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.domain.types import EventKind, JobInfo, JobPhase, RunState, SubmitRequest
 
 
 class RecordingCluster:
@@ -54,7 +54,8 @@ def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None
 
 def test_decision_applies_when_nothing_moved(tmp_path: Path) -> None:
     sv, _ = registered(tmp_path)
-    assert sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Emit("note", "hello")], {}) is True
+    actions = [core.SetRun(RunState.RUNNING), core.Emit(EventKind.MILESTONE, "hello")]
+    assert sv.apply(1, RunState.PENDING, actions, {}) is True
     data = sv.show("r")
     assert data["state"] == "running" and data["events"][-1]["message"] == "hello"
 
@@ -81,7 +82,7 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
         attempt.started_at = sv.now() - timedelta(hours=2)
         attempt.nodes = "lrdn[01-04]"
         attempt.progress_step, attempt.progress_total = 250, 1000
-    sv.apply(1, RunState.RUNNING, [core.Emit("crashed", "boom", "s", 1, {"text": "NCCL error"})], {})
+    sv.apply(1, RunState.RUNNING, [core.Emit(EventKind.CRASHED, "boom", "s", 1, {"text": "NCCL error"})], {})
     with sv.sessions() as session:
         data = session.scalars(select(Event).where(Event.kind == "crashed")).one().data
     assert data["job_id"] == "101" and data["log_line"] == "NCCL error"

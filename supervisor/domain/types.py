@@ -26,6 +26,9 @@ class RunState(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PAUSED = "paused"
+    # Something only a person can resolve (an error while handling the run, a job that can never start):
+    # nothing is submitted or decided for the run until `resume` or `cancel`.
+    NEEDS_ATTENTION = "needs_attention"
 
 
 class StageState(enum.StrEnum):
@@ -47,6 +50,32 @@ class AttemptState(enum.StrEnum):
     @property
     def live(self) -> bool:
         return self in (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUNNING)
+
+
+class EventKind(enum.StrEnum):
+    """What an event in a run's history says happened; notifications are chosen and worded by it."""
+
+    REGISTERED = "registered"
+    PREPARED = "prepared"
+    SUBMITTED = "submitted"
+    STARTED = "started"
+    MILESTONE = "milestone"
+    SIGNATURE = "signature"
+    STALLED = "stalled"
+    CRASHED = "crashed"
+    RESUBMITTED = "resubmitted"
+    EXCLUDED_NODE = "excluded_node"
+    LOCK_CLEARED = "lock_cleared"
+    STAGE_SUCCEEDED = "stage_succeeded"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PAUSED = "paused"
+    PAUSED_BY_OPERATOR = "paused_by_operator"
+    RESUMED = "resumed"
+    RETRIED = "retried"
+    CANCELLED = "cancelled"
+    NEEDS_ATTENTION = "needs_attention"
 
 
 class JobPhase(enum.StrEnum):
@@ -103,6 +132,14 @@ class SignatureAction(enum.StrEnum):
     IGNORE = "ignore"
 
 
+class MatchRole(enum.StrEnum):
+    """How a match counts when a log is read as a whole (see :mod:`supervisor.domain.verdict`)."""
+
+    CAUSE = "cause"  # a root cause (or a milestone): may decide the reaction
+    WRAPPER = "wrapper"  # e.g. ChildFailedError: decides only when no root cause was printed
+    HANG_HINT = "hang_hint"  # explains a stall that follows it; never decides by itself
+
+
 @dataclass(frozen=True)
 class LogMatch:
     """A failure signature or milestone found in a job log."""
@@ -113,6 +150,7 @@ class LogMatch:
     text: str  # the matching line, ANSI-stripped, capped in length
     node: str | None = None  # a host named in the line, when the signature captures one
     context: tuple[str, ...] = ()
+    role: MatchRole = MatchRole.CAUSE
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ Verdict rules (see `verdict`):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from supervisor.domain import verdict
 from supervisor.domain.errors import SignatureError
-from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.domain.types import LogMatch, MatchRole, Progress
 from supervisor.logs.catalogue import (
     CompiledSignature,
     LinearBytesRegex,
@@ -398,6 +400,7 @@ class Catalogue:
                         text=_display_text(line, found),
                         node=node,
                         context=_context(data, start, end),
+                        role=role_of(sig.spec),
                     ),
                 )
             )
@@ -405,45 +408,34 @@ class Catalogue:
         return [m for _, _, m in matches], milestones
 
     def verdict(self, matches: Sequence[LogMatch]) -> LogMatch | None:
-        return verdict(matches, self)
+        """The root cause among ``matches`` (see :mod:`supervisor.domain.verdict`), or None."""
+        return self._original(matches, verdict.read(self.with_roles(matches)).verdict)
 
     def hang_cause(self, matches: Sequence[LogMatch], last_line: int, within_lines: int = 10) -> LogMatch | None:
-        return hang_cause(matches, self, last_line, within_lines)
+        return self._original(matches, verdict.hang_cause(self.with_roles(matches), last_line, within_lines))
+
+    @staticmethod
+    def _original(matches: Sequence[LogMatch], found: LogMatch | None) -> LogMatch | None:
+        """The caller's own match object for ``found`` (a copy of it with its role filled in)."""
+        if found is None:
+            return None
+        return next(m for m in matches if (m.signature, m.line, m.text) == (found.signature, found.line, found.text))
+
+    def with_roles(self, matches: Sequence[LogMatch]) -> list[LogMatch]:
+        """``matches`` with the role this catalogue gives their signature (for matches made elsewhere)."""
+        out = []
+        for m in matches:
+            spec = self.spec(m.signature)
+            out.append(dataclasses.replace(m, role=role_of(spec)) if spec is not None else m)
+        return out
 
 
-def _role(match: LogMatch, catalogue: Catalogue) -> str:
-    spec = catalogue.spec(match.signature)
-    if match.action is SignatureAction.IGNORE or (spec is not None and spec.hang_hint):
-        return "skip"
-    if spec is not None and spec.wrapper:
-        return "wrapper"
-    return "cause"
-
-
-def verdict(matches: Sequence[LogMatch], catalogue: Catalogue) -> LogMatch | None:
-    """The root cause among `matches` (see the module docstring for the rules), or None."""
-    ordered = sorted(matches, key=lambda m: m.line)
-    roles = [(m, _role(m, catalogue)) for m in ordered]
-    for wanted in ("cause", "wrapper"):
-        for match, role in roles:
-            if role == wanted:
-                return match
-    return None
-
-
-def hang_cause(
-    matches: Sequence[LogMatch], catalogue: Catalogue, last_line: int, within_lines: int = 10
-) -> LogMatch | None:
-    """For a log that stopped growing at `last_line`: the hang hint that explains it, if the latest
-    non-ignored match is a hang hint no more than `within_lines` before the end."""
-    relevant = [m for m in matches if m.action is not SignatureAction.IGNORE]
-    if not relevant:
-        return None
-    latest = max(relevant, key=lambda m: m.line)
-    spec = catalogue.spec(latest.signature)
-    if spec is not None and spec.hang_hint and last_line - latest.line <= within_lines:
-        return latest
-    return None
+def role_of(spec: SignatureSpec) -> MatchRole:
+    if spec.hang_hint:
+        return MatchRole.HANG_HINT
+    if spec.wrapper:
+        return MatchRole.WRAPPER
+    return MatchRole.CAUSE
 
 
 def required_literal(pattern: str) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -73,8 +72,9 @@ class Kind(Protocol):
         """Whether the stage's work is already done while its job still runs (train: final checkpoint)."""
         ...
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
-        """When the stage last saved its work (train: the newest checkpoint), or None."""
+    def last_saved(self, ctx: StageContext) -> str | None:
+        """What the stage saved last (train: the newest checkpoint's name), or None. A different value
+        later means new work was saved: a sign of life however quiet the log is."""
         ...
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -130,7 +129,7 @@ class MergeKind:
     def work_finished(self, ctx: StageContext) -> bool:
         return False
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
+    def last_saved(self, ctx: StageContext) -> str | None:
         return None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from datetime import datetime
 from pathlib import Path
 
 from supervisor.domain.spec import StageSpec
@@ -49,7 +48,7 @@ class PrepareKind:
     def work_finished(self, ctx: StageContext) -> bool:
         return False
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
+    def last_saved(self, ctx: StageContext) -> str | None:
         return None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from supervisor.domain.spec import StageSpec
 from supervisor.domain.types import Progress, StageKind
 from supervisor.stages.base import StageContext, Submission
@@ -24,7 +22,7 @@ class ScriptKind:
     def work_finished(self, ctx: StageContext) -> bool:
         return False
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
+    def last_saved(self, ctx: StageContext) -> str | None:
         return None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from datetime import UTC, datetime
 from pathlib import Path
 
 from supervisor.domain.spec import StageSpec
@@ -73,9 +72,9 @@ class TrainKind:
         config = context.load_axolotl_config(ctx)
         return final_reached(config.output_dir, config.max_steps)
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
+    def last_saved(self, ctx: StageContext) -> str | None:
         found = list_checkpoints(context.load_axolotl_config(ctx).output_dir)
-        return datetime.fromtimestamp(found[-1].path.stat().st_mtime, UTC) if found else None
+        return found[-1].path.name if found else None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:
         # Whatever the exit code: the hang in the final merge ends in an NCCL abort after the last

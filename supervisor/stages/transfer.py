@@ -7,7 +7,6 @@ supervisor.stages.rsync`` (see that module) on the local backend instead of subm
 from __future__ import annotations
 
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import supervisor
@@ -44,7 +43,7 @@ class TransferKind:
     def work_finished(self, ctx: StageContext) -> bool:
         return False
 
-    def last_saved(self, ctx: StageContext) -> datetime | None:
+    def last_saved(self, ctx: StageContext) -> str | None:
         return None
 
     def succeeded(self, ctx: StageContext, exit_code: int | None, log_tail: str) -> bool:

@@ -45,6 +45,8 @@ class Run(Base):
     # The validated spec as submitted: later edits of the file do not change a registered run.
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     workdir: Mapped[str] = mapped_column(Text)
+    # Why the run needs attention (or why it was paused by the supervisor itself); None otherwise.
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -108,6 +110,8 @@ class Attempt(Base):
     first_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     progress_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Identifies the newest checkpoint seen (its save time); a different one later is a sign of life.
+    saved_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     stage: Mapped[Stage] = relationship(back_populates="attempts")
 
