@@ -17,6 +17,7 @@ from supervisor.app.clusters import Clusters
 from supervisor.app.contexts import context_for
 from supervisor.domain.errors import ClusterError, SupervisorError
 from supervisor.domain.types import AttemptState, EventKind, SubmitRequest
+from supervisor.notify.config import secret_env_names
 from supervisor.stages import Submission
 from supervisor.stages.remedies import clear_extension_locks
 from supervisor.store.models import Attempt
@@ -40,6 +41,8 @@ class Submitter:
             kind, ctx = context_for(run, stage.name, number)
             excluded = self.repo.excluded_nodes(session, run.id) if backend != "local" else ()
             base = {"SUPERVISOR_RUN": run.name, "SUPERVISOR_STAGE": stage.name, "SUPERVISOR_ATTEMPT": str(number)}
+            # The variables the run's notify channels read their secrets from never reach its jobs.
+            unset_env = secret_env_names(run.spec.get("notify") or [])
             tag, workdir = attempt.tag, Path(run.workdir)
         bound = log.bind(run=ctx.run, stage=ctx.stage, attempt=number)
         try:
@@ -58,7 +61,7 @@ class Submitter:
         request = SubmitRequest(
             tag=tag, workdir=workdir, log_pattern=log_pattern, script=sub.script, command=sub.command,
             sbatch_args=(*ctx.spec.sbatch_args, *sub.sbatch_args), exclude=excluded,
-            env={**base, **sub.env, **ctx.spec.env},
+            env={**base, **sub.env, **ctx.spec.env}, unset_env=unset_env,
         )
         try:
             job_id = self.clusters(backend).submit(request)
