@@ -7,27 +7,64 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
+from supervisor.domain.paths import directory_problem, file_problem
 from supervisor.domain.types import StageKind
 from supervisor.notify.config import NotifyChannelSpec
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
+# A leading letter or digit: `.`, `..` and `-rf` become directory names and command-line words.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "expected 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _duration(value: Any) -> float | None:
     if value is None:
         return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
+    return parse_duration(value)
 
 
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError("must be more than 0 (leave it out to switch the check off)")
+    return value
+
+
+# retry_backoff may be 0 (resubmit at once); a timeout of 0 would cancel every job at its first poll.
 Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+# strict: YAML `true` is an int to pydantic's lax mode, and `max_attempts: true` must not mean 1.
+Count = Annotated[int, Field(strict=True)]
+
+
+def _nul_at(value: Any, loc: str = "") -> str | None:
+    """Where the first NUL byte in the parsed document is (a field path), or None."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{loc}.{key}" if loc else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                return f"{loc or '<top level>'} (a key)"
+            if (found := _nul_at(item, sub)) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _nul_at(item, f"{loc}[{i}]")) is not None:
+                return found
+    return None
 
 
 class _Strict(BaseModel):
@@ -41,27 +78,42 @@ class StageSpec(_Strict):
     script: Path | None = None
     command: list[str] | None = Field(default=None, min_length=1)
     sbatch_args: list[str] = []
-    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_attempts: Count = Field(default=3, ge=1, le=1000)
     # First wait before a resubmission; doubles with every failed attempt (capped at one hour).
     retry_backoff: Duration = 30.0
     env: dict[str, str] = {}
     # Hang detection: no log output and no new checkpoint for this long => cancel and resubmit.
-    stall_timeout: Duration | None = None
+    stall_timeout: PositiveDuration | None = None
     # Until the first training step shows up (NVCC/rendezvous hangs happen here).
-    startup_timeout: Duration | None = None
+    startup_timeout: PositiveDuration | None = None
     # Pipeline kinds (prepare/train/merge/transfer) render their own sbatch script from these.
-    nodes: int | None = Field(default=None, ge=1)
-    gpus_per_node: int | None = Field(default=None, ge=0)
-    cpus_per_task: int | None = Field(default=None, ge=1)
+    nodes: Count | None = Field(default=None, ge=1)
+    gpus_per_node: Count | None = Field(default=None, ge=0)
+    cpus_per_task: Count | None = Field(default=None, ge=1)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
     time: str | None = None
     mem: str | None = None
     exclusive: bool = False
-    master_port: int | None = Field(default=None, ge=1, le=65535)
+    master_port: Count | None = Field(default=None, ge=1, le=65535)
     venv: Path | None = None
     destination: str | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        # `A=B` or `1X` cannot be exported: sbatch --export and the shell would split or drop them.
+        if not all(ENV_KEY_RE.match(key) for key in env):
+            raise ValueError("every key must be a POSIX name: letters, digits and _, not starting with a digit")
+        return env
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, command: list[str] | None) -> list[str] | None:
+        if command and not command[0].strip():
+            raise ValueError("the first element (the program to run) is empty")
+        return command
 
     @model_validator(mode="after")
     def _what_to_run(self) -> StageSpec:
@@ -117,8 +169,9 @@ def _first_error(path: Path, exc: ValidationError) -> SpecError:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif err["type"] == "string_pattern_mismatch":
-        msg = f"{err.get('input')!r} is not a valid name: expected 1-64 of A-Z a-z 0-9 . _ -"
+    elif err["type"] == "string_pattern_mismatch" and loc.rsplit(".", 1)[-1] == "name":
+        # Never the value: a name field is where a pasted token most often lands.
+        msg = f"not a valid name: {NAME_RULE}"
     elif msg.startswith("Value error, "):
         msg = msg.removeprefix("Value error, ")
     return SpecError(path, loc, msg)
@@ -128,27 +181,58 @@ def _resolve(base: Path, value: Path | None) -> Path | None:
     if value is None:
         return None
     value = value.expanduser()
-    return value if value.is_absolute() else (base / value).resolve()
+    if value.is_absolute():
+        return value
+    try:
+        return (base / value).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13): the checks name it
+        return base / value
+
+
+def _line_column(text: str, position: int) -> str:
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def parse_yaml(text: str) -> tuple[Any, str, str]:
+    """``(data, "", "")``, or ``(None, where, problem)``, each one line, when ``text`` is not usable YAML."""
+    try:
+        return yaml.safe_load(text), "", ""
+    except yaml.reader.ReaderError as exc:
+        # A control character: PyYAML gives a character offset instead of a mark, and a two-line message.
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "byte"
+        return None, _line_column(text, exc.position), f"invalid YAML: {what} is not allowed"
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or "not valid YAML").split())
+        return None, where, f"invalid YAML: {problem}"
+    except RecursionError:
+        # PyYAML's composer recurses once per level: 20,000 nested brackets exhaust Python's stack.
+        return None, "", "invalid YAML: nested too deeply"
 
 
 def load_spec(path: Path) -> RunSpec:
     """Read, validate and resolve a spec; every relative path becomes relative to the spec file."""
     path = Path(path)
+    problem = file_problem(path)
+    if problem is not None:
+        raise SpecError(path, "", problem if problem == "file not found" else f"cannot read the file: {problem}")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(path, "", "file not found") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
-        raise SpecError(path, "", f"cannot read the file: {exc.__class__.__name__}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(path, where, f"invalid YAML: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, "", f"not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(path, "", f"cannot read the file: {exc.strerror or exc.__class__.__name__}") from None
+    data, where, problem = parse_yaml(text)
+    if problem:
+        raise SpecError(path, where, problem)
     if not isinstance(data, dict):
         raise SpecError(path, "", "expected a YAML mapping with `name` and `stages`")
+    # execve() and open() stop at a NUL: the job would run another argv or path than the spec says.
+    if (nul := _nul_at(data)) is not None:
+        raise SpecError(path, nul, "contains a NUL byte")
     try:
         spec = RunSpec.model_validate(data)
     except ValidationError as exc:
@@ -170,15 +254,13 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
     stages = []
     for i, stage in enumerate(spec.stages):
         script = _resolve(base, stage.script)
-        if script is not None and not script.is_file():
-            raise SpecError(path, f"stages[{i}].script", f"file not found: {stage.script}")
-        if script is not None and not _readable(script):
-            raise SpecError(path, f"stages[{i}].script", f"file not readable: {stage.script}")
+        if script is not None and (problem := file_problem(script)) is not None:
+            raise SpecError(path, f"stages[{i}].script", f"{problem}: {stage.script}")
         stages.append(stage.model_copy(update={"script": script, "venv": _resolve(base, stage.venv)}))
     axolotl_config = _resolve(base, spec.axolotl_config)
     if axolotl_config is not None:
-        if not axolotl_config.is_file():
-            raise SpecError(path, "axolotl_config", f"file not found: {spec.axolotl_config}")
+        if (problem := file_problem(axolotl_config)) is not None:
+            raise SpecError(path, "axolotl_config", f"{problem}: {spec.axolotl_config}")
         from supervisor.domain.errors import AxolotlConfigError
         from supervisor.stages.axolotl import load_config
 
@@ -188,6 +270,9 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
         except AxolotlConfigError as exc:
             raise SpecError(path, "axolotl_config", str(exc)) from None
     workdir = _resolve(base, spec.workdir) or (base / "runs" / spec.name)
+    # Checked now: a workdir that cannot be created fails every attempt of every stage, hours later.
+    if (problem := directory_problem(workdir)) is not None:
+        raise SpecError(path, "workdir", f"{workdir} {problem}")
     return spec.model_copy(
         update={
             "stages": stages,
@@ -197,11 +282,3 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
             "merged_dir": _resolve(base, spec.merged_dir),
         }
     )
-
-
-def _readable(path: Path) -> bool:
-    try:
-        with path.open("rb"):
-            return True
-    except OSError:
-        return False

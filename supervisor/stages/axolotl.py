@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from supervisor.domain.errors import AxolotlConfigError
+from supervisor.domain.spec import parse_yaml
 
 SHARDED_STATE_DICT = "SHARDED_STATE_DICT"
 FULL_STATE_DICT = "FULL_STATE_DICT"
@@ -98,10 +99,13 @@ def read_raw(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AxolotlConfigError(path, "<file>", f"a readable file ({exc.strerror})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise AxolotlConfigError(path, "<file>", f"valid YAML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise AxolotlConfigError(path, "<file>", f"UTF-8 text (byte {exc.start} is not)") from None
+    # One line with the position: the message ends up in `submit`'s single error line.
+    data, where, problem = parse_yaml(text)
+    if problem:
+        detail = problem.removeprefix("invalid YAML: ")
+        raise AxolotlConfigError(path, "<file>", f"valid YAML ({where + ': ' if where else ''}{detail})")
     if not isinstance(data, dict):
         raise AxolotlConfigError(path, "<file>", "a YAML mapping at the top level")
     return data
