@@ -17,21 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from supervisor.domain.errors import NotifyConfigError
 from supervisor.domain.ports import Channel
+from supervisor.domain.types import EventKind
 
-DEFAULT_ON: tuple[str, ...] = (
-    "crashed",
-    "resubmitted",
-    "stalled",
-    "stage_succeeded",
-    "succeeded",
-    "failed",
-    "paused_by_operator",
-    "retries_exhausted",
+DEFAULT_ON: tuple[EventKind, ...] = (
+    EventKind.CRASHED,
+    EventKind.RESUBMITTED,
+    EventKind.STALLED,
+    EventKind.STAGE_SUCCEEDED,
+    EventKind.SUCCEEDED,
+    EventKind.FAILED,
+    EventKind.PAUSED_BY_OPERATOR,
+    EventKind.RETRIES_EXHAUSTED,
+    EventKind.NEEDS_ATTENTION,
 )
 
 ChannelKind = Literal["slack", "matrix", "webhook"]
 _KIND_NAMES: tuple[ChannelKind, ...] = ("slack", "matrix", "webhook")
-_EVENT_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -145,9 +146,10 @@ class NotifyChannelSpec(_Strict):
     def _on_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("`on` must name at least one event kind (leave it out for the default list)")
-        bad = [k for k in value if not _EVENT_KIND.match(k)]
+        known = {k.value for k in EventKind}
+        bad = [k for k in value if k not in known]
         if bad:
-            raise ValueError(f"not an event kind: {', '.join(map(repr, bad))}")
+            raise ValueError(f"not an event kind: {', '.join(map(repr, bad))} (known: {', '.join(sorted(known))})")
         return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from supervisor.domain.errors import NotifyConfigError, NotifyError
+from supervisor.domain.policy import Backoff
 from supervisor.domain.ports import Channel, Clock
 from supervisor.notify.config import NotifyChannelSpec, build_channels, parse_specs
 from supervisor.notify.render import coalesce, render
@@ -375,7 +376,7 @@ def _step(
 def _backoff(policy: DeliveryPolicy, tries: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return max(0.0, retry_after)
-    return float(min(policy.max_delay_s, policy.base_delay_s * 2 ** max(0, tries - 1)))
+    return Backoff(base=policy.base_delay_s, cap=policy.max_delay_s).delay(max(1, tries))
 
 
 def _scrubbed(channel: Channel, text: str) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.domain.errors import TransferError
+from supervisor.domain.policy import Backoff
 
 VERIFIED_MARKER = "Transfer verified:"
 
@@ -125,7 +126,7 @@ def pending_changes(itemized: str) -> list[str]:
 
 def backoff_delays(attempts: int, base: float, cap: float) -> list[float]:
     """Seconds to wait before attempt 2, 3, ...: doubling from ``base``, capped."""
-    return [min(cap, base * 2**i) for i in range(max(0, attempts - 1))]
+    return Backoff(base=base, cap=cap).delays(attempts)
 
 
 def _run(argv: Sequence[str], on_line: Callable[[str], None] | None) -> tuple[int, str]:
