@@ -1,4 +1,8 @@
-"""The ``supervisor`` command: parse, call the library, render. Errors a user can cause exit with code 2."""
+"""The ``supervisor`` command: parse, call the library, render (supervisor/app/render.py).
+
+Errors a user can cause are one line on stderr and exit with code 2; a full disk under the state
+directory is one line ``disk full at PATH`` and exit code 1 (nothing the user wrote is wrong).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,29 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, RenderableType
 
 from supervisor import __version__
+from supervisor.app import render
 from supervisor.domain.durations import format_duration, parse_duration
 from supervisor.domain.errors import SpecError
 
+# rich_markup_mode=None: click's plain help. Typer's Rich help labels every flag `<bool>`, --help included.
 app = typer.Typer(
     help="Babysit LLM fine-tuning pipelines on SLURM: submit, watch, resubmit, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-notify_app = typer.Typer(help="Notification channels of a run.", no_args_is_help=True)
+notify_app = typer.Typer(help="Notification channels of a run.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(notify_app, name="notify")
 
 DEFAULT_HOME = Path("~/.local/state/supervisor")
+# Commands whose output *is* a log (tmux, scrontab): their info lines are shown unless --log-level says less.
+LOGGING_COMMANDS = {"daemon", "tick"}
+DISK_FULL_EXIT = 1
+# Rich leaves colour out when the stream is not a terminal (and honours NO_COLOR).
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
@@ -44,14 +54,47 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """The one line for ``exc`` if it is a full disk, else None."""
+    from supervisor.app.diskfull import disk_full_at
+
+    where = disk_full_at(exc, state.home)
+    return None if where is None else f"disk full at {where}"
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
+    from sqlalchemy.exc import DBAPIError
+
     from supervisor.domain.errors import UserError
 
     try:
         yield
     except (SpecError, UserError) as exc:
         fail(str(exc))
+    except (OSError, DBAPIError) as exc:
+        if (message := disk_full(exc)) is None:
+            raise
+        fail(message, code=DISK_FULL_EXIT)
+
+
+def reading() -> Any:
+    """The service for a command that only reads; on a full disk, one reading the database file as it is."""
+    from sqlalchemy.exc import DBAPIError
+
+    from supervisor.app.diskfull import snapshot_sessions, unread_wal
+    from supervisor.app.service import Supervisor
+    from supervisor.store.db import DB_NAME
+
+    try:
+        return supervisor_obj()
+    except (OSError, DBAPIError) as exc:
+        if (message := disk_full(exc)) is None:
+            raise
+    database = state.home / DB_NAME
+    missing = f"; the newest changes (in {database}-wal) may be missing" if unread_wal(database) else ""
+    err.print(f"note: {message}: read without writing{missing}", markup=False, highlight=False)
+    return Supervisor(state.home, sessions=snapshot_sessions(database))
 
 
 def supervisor_obj() -> Any:
@@ -64,29 +107,56 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def show_all(renderables: list[RenderableType]) -> None:
+    for renderable in renderables:
+        out.print(renderable)
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(__version__)
         raise typer.Exit()
 
 
+def _home(value: Path | None) -> Path:
+    from supervisor.domain.paths import directory_problem
+
+    home = (value or DEFAULT_HOME).expanduser()
+    try:
+        home = home.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        fail(f"--home {home}: not a usable path")
+    # Writability of an existing home is left to the command: `status` reads a home it cannot write.
+    problem = directory_problem(home, writable=not home.is_dir())
+    if problem is not None:
+        fail(f"--home {home}: {problem}")
+    return home
+
+
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(
         "--home", envvar="SUPERVISOR_HOME", help="State directory (holds the database and the lock).",
-        show_default="~/.local/state/supervisor")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+        show_default="~/.local/state/supervisor", metavar="DIR")] = None,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", metavar="LEVEL",
+        help="debug, info, warning or error. Default: info for daemon and tick, warning otherwise.")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    from supervisor.app.logsetup import configure_logging
+    from supervisor.app.logsetup import LEVELS, configure_logging
 
-    state.home = (home or DEFAULT_HOME).expanduser().resolve()
-    configure_logging(log_level)
+    if log_level is not None and log_level.strip().lower() not in LEVELS:
+        fail(f"--log-level {log_level!r}: expected one of {', '.join(LEVELS)}")
+    state.home = _home(home)
+    # A command's own log lines (e.g. `registered`) belong in the daemon's log, not next to `submit`'s answer.
+    default = "info" if ctx.invoked_subcommand in LOGGING_COMMANDS else "warning"
+    configure_logging((log_level or default).strip().lower())
 
 
 @app.command()
-def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).")]) -> None:
+def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).", metavar="SPEC")]) -> None:
     """Validate a run spec and register the run; the daemon (or `tick`) starts it."""
     from supervisor.backends import default_backend
 
@@ -98,52 +168,28 @@ def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).")]) -> No
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """One row per run."""
-    rows = supervisor_obj().status()
+    with user_errors():
+        rows = reading().status()
     if as_json:
         print_json(rows)
         return
-    table = Table("run", "state", "stage", "attempt", "job", "progress", "updated")
-    for row in rows:
-        progress = row["progress"]
-        shown = ""
-        if progress:
-            shown = f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
-        table.add_row(row["name"], row["state"], row["stage"] or "", str(row["attempt"] or ""),
-                      row["job_id"] or "", shown, row["updated_at"][:19].replace("T", " "))
-    out.print(table)
+    out.print(render.status_table(rows))
 
 
 @app.command()
 def show(
-    name: Annotated[str, typer.Argument(help="Run name.")],
+    name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    all_events: Annotated[bool, typer.Option(
+        "--all", help=f"Every event, not only the last {render.EVENTS_SHOWN}.")] = False,
 ) -> None:
-    """Stages, attempts and events of one run."""
+    """Stages, attempts, events, excluded nodes and undelivered notifications of one run."""
     with user_errors():
-        data = supervisor_obj().show(name)
+        data = reading().show(name)
     if as_json:
         print_json(data)
         return
-    out.print(f"[bold]{data['name']}[/bold]  {data['state']}  ({data['backend']}, {data['workdir']})")
-    table = Table("stage", "state", "attempt", "job", "attempt state", "exit", "nodes", "cause")
-    for stage in data["stages"]:
-        if not stage["attempts"]:
-            table.add_row(stage["name"], stage["state"], "", "", "", "", "", "")
-        for a in stage["attempts"]:
-            table.add_row(stage["name"], stage["state"], str(a["number"]), a["job_id"] or "", a["state"],
-                          "" if a["exit_code"] is None else str(a["exit_code"]), a["nodes"] or "",
-                          a["cause"] or "")
-    out.print(table)
-    events = Table("at", "kind", "stage", "message")
-    for e in data["events"][-30:]:
-        events.add_row(e["at"][:19].replace("T", " "), e["kind"], e["stage"] or "", e["message"])
-    out.print(events)
-    if data.get("notifications"):
-        pending = Table("notification", "channel", "kind", "state", "tries", "last error")
-        for n in data["notifications"]:
-            pending.add_row(str(n["id"]), n["channel"], n["kind"], n["state"], str(n["tries"]),
-                            n["last_error"] or "")
-        out.print(pending)
+    show_all(render.show_renderables(data, all_events=all_events))
 
 
 def _simple(action: Callable[[Any, str], T], name: str, done: str) -> T:
@@ -154,7 +200,7 @@ def _simple(action: Callable[[Any, str], T], name: str, done: str) -> T:
 
 
 @app.command()
-def cancel(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+def cancel(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Cancel a run: its live jobs leave the queue and nothing new is submitted."""
     with user_errors():
         jobs = supervisor_obj().cancel_run(name)
@@ -162,19 +208,19 @@ def cancel(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
 
 
 @app.command()
-def retry(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+def retry(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Run the failed stage again with a fresh attempt budget."""
     _simple(lambda s, n: s.retry(n), name, f"retrying {name}")
 
 
 @app.command()
-def pause(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+def pause(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Stop new submissions (live jobs keep running and are still watched)."""
     _simple(lambda s, n: s.pause(n), name, f"paused {name}")
 
 
 @app.command()
-def resume(name: Annotated[str, typer.Argument(help="Run name.")]) -> None:
+def resume(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Allow new submissions again."""
     _simple(lambda s, n: s.resume(n), name, f"resumed {name}")
 
@@ -183,15 +229,16 @@ def _poll_seconds(value: str) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        fail(f"--poll {value!r}: {exc}")
     if seconds <= 0:
-        raise typer.BadParameter("must be more than 0")
+        fail(f"--poll {value!r}: must be more than 0")
     return seconds
 
 
 @app.command()
 def daemon(
-    poll: Annotated[str, typer.Option("--poll", help="Time between ticks: 90s, 30m, 2h or seconds.")] = "30s",
+    poll: Annotated[str, typer.Option("--poll", metavar="DURATION",
+                                      help="Time between ticks: 90s, 30m, 2h or seconds.")] = "30s",
     exit_when_idle: Annotated[bool, typer.Option(
         "--exit-when-idle", help="Exit once no run is pending, running or paused (demos, batch use).")] = False,
 ) -> None:
@@ -225,8 +272,9 @@ def tick() -> None:
 
 @app.command()
 def diagnose(
-    logfile: Annotated[Path, typer.Argument(help="An archived job log.")],
-    run: Annotated[str | None, typer.Option("--run", help="Also use this run's own `signatures:`.")] = None,
+    logfile: Annotated[Path, typer.Argument(help="An archived job log.", metavar="LOG")],
+    run: Annotated[str | None, typer.Option("--run", metavar="RUN",
+                                            help="Also use this run's own `signatures:`.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Replay the failure-signature catalogue on a log: every match and the root cause (the verdict)."""
@@ -236,7 +284,7 @@ def diagnose(
     entries = None
     if run is not None:
         with user_errors():
-            entries = supervisor_obj().run_signatures(run)
+            entries = reading().run_signatures(run)
     if not logfile.is_file():
         fail(f"{logfile}: file not found")
     try:
@@ -246,18 +294,12 @@ def diagnose(
     if as_json:
         print_json(result)
         return
-    table = Table("line", "signature", "action", "text")
-    for m in result["matches"]:
-        table.add_row(str(m["line"]), m["signature"], m["action"], m["text"])
-    out.print(table)
-    verdict = result["verdict"]
-    out.print("verdict: " + (f"{verdict['signature']} -> {verdict['action']}" if verdict else "no known failure"),
-              markup=False)
+    show_all(render.diagnose_renderables(result))
 
 
 @notify_app.command("test")
 def notify_test(
-    name: Annotated[str, typer.Argument(help="Run name.")],
+    name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Send a test message to every notification channel of a run, now."""
@@ -281,4 +323,12 @@ def notify_test(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as exc:
+        # The last boundary: a full disk met outside `user_errors` (the daemon's lock file, a log directory).
+        message = disk_full(exc)
+        if message is None:
+            raise
+        err.print(f"error: {message}", markup=False, highlight=False)
+        sys.exit(DISK_FULL_EXIT)

@@ -8,8 +8,13 @@ from typing import TextIO
 
 import structlog
 
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+    """``level`` is one of LEVELS (ValueError otherwise: structlog would fail later with a KeyError)."""
+    if level.lower() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}: expected one of {', '.join(LEVELS)}")
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -24,7 +29,7 @@ def configure_logging(level: str = "info", stream: TextIO | None = None, json: b
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level.lower()]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
