@@ -87,7 +87,7 @@ def reading() -> Any:
     from supervisor.store.db import DB_NAME
 
     try:
-        return supervisor_obj()
+        return reader_obj()
     except (OSError, DBAPIError) as exc:
         if (message := disk_full(exc)) is None:
             raise
@@ -101,6 +101,25 @@ def supervisor_obj() -> Any:
     from supervisor.app.service import Supervisor
 
     return Supervisor(state.home)
+
+
+def reader_obj() -> Any:
+    """For commands that only read: a home without a database is not given one."""
+    from supervisor.app.service import Supervisor
+    from supervisor.store.db import open_database
+
+    return Supervisor(state.home, sessions=open_database(state.home, create=False))
+
+
+def daemon_elsewhere() -> str | None:
+    """One line when a live daemon of this state directory runs on another host, else None."""
+    from supervisor.store.statedir import holder_elsewhere, this_host
+
+    holder = holder_elsewhere(state.home)
+    if holder is None:
+        return None
+    return (f"the supervisor daemon of this state directory runs on host {holder.host} (pid {holder.pid}),"
+            f" not on this host ({this_host()})")
 
 
 def print_json(data: Any) -> None:
@@ -170,6 +189,9 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     """One row per run."""
     with user_errors():
         rows = reading().status()
+    elsewhere = daemon_elsewhere()
+    if elsewhere:
+        err.print(f"note: {elsewhere}", markup=False, highlight=False)
     if as_json:
         print_json(rows)
         return
@@ -267,7 +289,9 @@ def tick() -> None:
             sv.tick()
             sv.flush_outbox()
     except AlreadyRunning:
-        err.print("a supervisor daemon is running for this state directory; nothing to do", markup=False)
+        elsewhere = daemon_elsewhere()
+        err.print(f"{elsewhere}; nothing to do here" if elsewhere
+                  else "a supervisor daemon is running for this state directory; nothing to do", markup=False)
 
 
 @app.command()

@@ -22,9 +22,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from supervisor.app.service import Supervisor
 from supervisor.domain.errors import AlreadyRunning
 from supervisor.logs.tailer import keep_chunk_memory
+from supervisor.store.db import journal_mode_for
+from supervisor.store.filesystem import filesystem_of
+from supervisor.store.statedir import LOCK_NAME, blocks, heartbeat, pid_alive, read_holder_fd, this_host, write_record
 
 log = structlog.get_logger("supervisor.app.daemon")
-LOCK_NAME = "supervisor.lock"
 TICK_JOB = "tick"
 WAKE_JOB = "wake"
 OUTBOX_JOB = "outbox"
@@ -35,19 +37,39 @@ OUTBOX_INTERVAL = 5.0
 
 @contextmanager
 def instance_lock(home: Path) -> Iterator[None]:
-    """Hold the state directory's lock for the duration; raises AlreadyRunning when somebody has it."""
+    """Hold the state directory's lock for the duration; raises AlreadyRunning when somebody has it.
+
+    Besides the flock, the file records ``"<pid> <host>"`` and stays touched while held: on a network
+    filesystem whose flock does not reach other hosts, a daemon there is still seen (supervisor.store.statedir).
+    """
     home.mkdir(parents=True, exist_ok=True)
     path = home / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os_locked = True
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise AlreadyRunning(path, holder) from None
+            holder = read_holder_fd(fd)
+            raise AlreadyRunning(path, holder.describe() if holder else "") from None
+        except OSError as exc:
+            # Lustre without `flock`, NFS without a lock daemon: the record below is all there is.
+            log.warning("instance_lock_unsupported", path=str(path), error=exc.strerror)
+            os_locked = False
+        holder = read_holder_fd(fd)
+        if blocks(holder, me=this_host(), os_locked=os_locked, now=time.time(),
+                  alive=holder is not None and pid_alive(holder.pid)):
+            assert holder is not None
+            raise AlreadyRunning(path, holder.describe())
+        mount = filesystem_of(home)
+        if mount is not None and mount.network:
+            log.info("network_filesystem", home=str(home), fstype=mount.fstype, host=this_host(),
+                     journal_mode=journal_mode_for(home))
+        write_record(fd)
+        with heartbeat(fd):
+            yield
+        # A clean exit leaves no record: another host need not wait for it to go stale.
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
     finally:
         os.close(fd)  # closing releases the flock
 
