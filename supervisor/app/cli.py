@@ -238,13 +238,18 @@ def retry(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")])
 @app.command()
 def pause(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Stop new submissions (live jobs keep running and are still watched)."""
-    _simple(lambda s, n: s.pause(n), name, f"paused {name}")
+    with user_errors():
+        changed = supervisor_obj().pause(name)
+    out.print(f"paused {name}" if changed else f"{name} is already paused", markup=False, highlight=False)
 
 
 @app.command()
 def resume(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Allow new submissions again."""
-    _simple(lambda s, n: s.resume(n), name, f"resumed {name}")
+    with user_errors():
+        changed = supervisor_obj().resume(name)
+    out.print(f"resumed {name}" if changed else f"{name} is not paused: nothing to resume", markup=False,
+              highlight=False)
 
 
 def _poll_seconds(value: str) -> float:

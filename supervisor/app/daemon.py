@@ -21,18 +21,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor.app.service import Supervisor
 from supervisor.domain.errors import AlreadyRunning
+from supervisor.domain.policy import Backoff
 from supervisor.logs.tailer import keep_chunk_memory
 from supervisor.store.db import journal_mode_for
 from supervisor.store.filesystem import filesystem_of
 from supervisor.store.statedir import LOCK_NAME, blocks, heartbeat, pid_alive, read_holder_fd, this_host, write_record
 
-log = structlog.get_logger("supervisor.app.daemon")
+log = structlog.get_logger("supervisor.daemon")
 TICK_JOB = "tick"
 WAKE_JOB = "wake"
 OUTBOX_JOB = "outbox"
 # A log that is written continuously must not turn into back-to-back passes: at most this often.
 MIN_WAKE_INTERVAL = 0.2
 OUTBOX_INTERVAL = 5.0
+# `--exit-when-idle` delivers what the outbox still holds before exiting, waiting at most this long.
+DRAIN_LIMIT_S = 120.0
+# A tick that fails as a whole (database unreadable, disk full) is retried after a pause that doubles.
+TICK_FAILURE_BACKOFF = Backoff(base=5.0, cap=300.0)
 
 
 @contextmanager
@@ -88,6 +93,10 @@ class Daemon:
         self._last_wake = 0.0
         # Set by every wake-up, cleared when a pass starts reading: a change seen during a pass is not lost.
         self._woken = threading.Event()
+        self._idle = False
+        self._failures = 0
+        self._failing_until = 0.0
+        self._last_error = ""
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
         self.stop_requested.set()
@@ -108,25 +117,55 @@ class Daemon:
                                replace_existing=True, misfire_grace_time=None, max_instances=2)
 
     def _tick(self, poll: bool = True) -> None:
+        if time.monotonic() < self._failing_until:
+            return
         with self._tick_lock:
             self._woken.clear()
             try:
                 report = self.supervisor.tick(poll=poll)
-            except Exception:
-                # A bug or a broken disk must not kill the babysitter silently: log it, try again next tick.
-                log.exception("tick_failed")
+            except Exception as exc:
+                self._tick_failed(exc)
                 return
             finally:
                 if self._woken.is_set():
                     self.wake()  # a log changed after this pass had read it (its wake-up may have been skipped)
+        if self._failures:
+            log.info("tick_recovered", after_failures=self._failures)
+            self._failures, self._last_error = 0, ""
         if not poll:
             return
         self.supervisor.logs.watch(self.supervisor.live_log_dirs())
         if self.exit_when_idle and report.runs == 0:
             log.info("idle", message="no active runs left")
+            self._idle = True
             self.stop_requested.set()
         if report.actions:
             log.debug("tick", runs=report.runs, actions=report.actions)
+
+    def _tick_failed(self, exc: Exception) -> None:
+        """A bug or a broken disk must not kill the babysitter silently, nor make it spin on one traceback:
+        the traceback is logged once, the same error again only as a count, and the next pass waits."""
+        self._failures += 1
+        error = f"{type(exc).__name__}: {exc}"
+        if error != self._last_error:
+            log.exception("tick_failed", error=error)
+            self._last_error = error
+        else:
+            log.warning("tick_failed_again", error=error, failures=self._failures)
+        self._failing_until = time.monotonic() + TICK_FAILURE_BACKOFF.delay(self._failures)
+
+    def _drain_outbox(self) -> None:
+        """Deliver what is still pending (waiting out retry delays), for at most DRAIN_LIMIT_S."""
+        deadline = time.monotonic() + DRAIN_LIMIT_S
+        while True:
+            self.supervisor.flush_outbox()
+            left = self.supervisor.pending_notifications()
+            if left == 0:
+                return
+            if time.monotonic() >= deadline:
+                log.warning("outbox_not_drained", pending=left, waited_s=DRAIN_LIMIT_S)
+                return
+            time.sleep(0.5)
 
     def run(self) -> None:
         keep_chunk_memory()
@@ -147,5 +186,8 @@ class Daemon:
             log.info("daemon_stopping")
             self.supervisor.logs.stop()
             self.scheduler.shutdown(wait=True)
-            self.supervisor.flush_outbox()
+            if self._idle:
+                self._drain_outbox()
+            else:
+                self.supervisor.flush_outbox()
             log.info("daemon_stopped")

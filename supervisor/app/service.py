@@ -31,6 +31,7 @@ from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
 from supervisor.logs.follow import LogWatcher
 from supervisor.notify import RunChannels, deliver, send_test
+from supervisor.notify.outbox import pending_count
 from supervisor.store import readmodels
 from supervisor.store.db import open_database
 from supervisor.store.models import Run
@@ -184,6 +185,11 @@ class Supervisor:
         except Exception:
             # Notifications must never stop the supervision itself; the outbox keeps what was not sent.
             log.exception("outbox_flush_failed")
+
+    def pending_notifications(self) -> int:
+        """Outbox entries that are neither delivered nor given up on."""
+        with self.sessions() as session:
+            return pending_count(session)
 
     def live_log_dirs(self) -> set[Path]:
         return {w / "logs" for w in self.repo.live_workdirs()}

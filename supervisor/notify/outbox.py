@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from supervisor.domain.errors import NotifyConfigError, NotifyError
@@ -390,6 +390,11 @@ def _save_state(s: Session, run_id: int, key: str, data: dict[str, Any]) -> None
         s.add(ChannelState(run_id=run_id, channel=key, data=data))
     else:
         row.data = data
+
+
+def pending_count(session: Session) -> int:
+    """Entries of every run still waiting for delivery (not delivered, not given up on)."""
+    return session.scalar(select(func.count()).select_from(OutboxEntry).where(OutboxEntry.state == PENDING)) or 0
 
 
 def undelivered(session: Session, run_id: int) -> list[dict[str, Any]]:
