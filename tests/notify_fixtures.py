@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from supervisor.notify.outbox import enqueue
 from supervisor.store.models import Base, Event, OutboxEntry, Run
 
-T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
-
-
-class ManualClock:
-    """Injected time: tests move it instead of sleeping."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.t = start
-
-    def now(self) -> datetime:
-        return self.t
-
-    def advance(self, seconds: float) -> datetime:
-        self.t += timedelta(seconds=seconds)
-        return self.t
+from fakes import ManualClock
 
 
 def open_test_db(home: Path) -> sessionmaker[Session]:

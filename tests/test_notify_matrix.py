@@ -21,8 +21,8 @@ from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test
 from supervisor.notify.matrix import CONTENT_KEY
 from supervisor.store.models import ChannelState
 
+from fakes import ManualClock
 from notify_fixtures import (
-    ManualClock,
     MatrixUser,
     add_event,
     clock,

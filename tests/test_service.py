@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from pathlib import Path
 
 from supervisor.app.service import Supervisor
 from supervisor.domain import core
-from supervisor.domain.types import EventKind, JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.domain.types import EventKind, RunState
 
-
-class RecordingCluster:
-    kind = "slurm"
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def submit(self, request: SubmitRequest) -> str:
-        self.submitted.append(request.tag)
-        return str(100 + len(self.submitted))
-
-    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
-        return {}
-
-    def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
-        return {}
-
-    def cancel(self, job_id: str) -> None:
-        pass
+from fakes import RecordingCluster, RunningCluster
 
 
 def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
@@ -89,11 +70,6 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
     assert data["node_hours"] == 8.0  # 4 nodes for 2 hours
     assert data["progress_step"] == 250 and data["progress_total"] == 1000
     assert 21500 <= data["eta_s"] <= 21700  # 2 h for a quarter: 6 h to go
-
-
-class RunningCluster(RecordingCluster):
-    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
-        return {j: JobInfo(job_id=j, name="", phase=JobPhase.RUNNING, nodes="node01") for j in job_ids}
 
 
 def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: Path) -> None:
