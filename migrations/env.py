@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        db = context.get_x_argument(as_dictionary=True).get("db", "supervisor.store.db")
+        db = context.get_x_argument(as_dictionary=True).get("db", "supervisor.db")
         engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
