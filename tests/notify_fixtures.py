@@ -22,23 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.notify.outbox import enqueue
-from supervisor.store.models import Base, Event, OutboxEntry, Run
+from supervisor.store.db import open_database
+from supervisor.store.models import Event, OutboxEntry, Run
 
 from fakes import ManualClock
 
 
 def open_test_db(home: Path) -> sessionmaker[Session]:
-    """The project's migrated SQLite when available, else the ORM schema directly."""
-    try:
-        from supervisor.store.db import open_database
-    except ImportError:
-        engine = create_engine(f"sqlite:///{home / 'supervisor.db'}")
-        Base.metadata.create_all(engine)
-        return sessionmaker(engine, expire_on_commit=False)
+    """The project's SQLite, migrated by Alembic as in production: a schema the ORM alone would create
+    could differ from what the migrations build (defaults, indexes, constraints) without a test noticing."""
     return open_database(home)
 
 
