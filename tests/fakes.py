@@ -78,3 +78,6 @@ class DiesAfterSend:
         if self.armed:
             self.armed = False
             raise Interrupted
+
+    def close(self) -> None:
+        self.inner.close()

@@ -246,8 +246,9 @@ def matrix_user(synapse: Any) -> MatrixUser:
 def _deliver_loop(home: Path) -> int:
     """Deliver until the outbox is empty. Prints ``SENT <id>`` right after the server accepted a
     message and then lingers before the DB is updated, so the test can kill it exactly there."""
+    from supervisor.domain.ports import StatefulChannel
     from supervisor.notify.config import build_channels
-    from supervisor.notify.outbox import DeliveryPolicy, StatefulChannel, deliver
+    from supervisor.notify.outbox import DeliveryPolicy, deliver
 
     pause = float(os.environ.get("PAUSE_AFTER_SEND_S", "0.2"))
     session_factory = open_test_db(home)
@@ -264,6 +265,9 @@ def _deliver_loop(home: Path) -> int:
 
         def send(self, message: Mapping[str, Any], *, idempotency_key: str) -> None:
             raise AssertionError("the test channel is stateful")
+
+        def close(self) -> None:
+            self.inner.close()
 
         def send_with_state(
             self, message: Mapping[str, Any], *, idempotency_key: str, state: Mapping[str, Any]

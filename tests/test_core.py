@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from supervisor.domain import core
 from supervisor.domain.core import AttemptView, Observation, Outcome, RunView, StageView
@@ -12,16 +13,16 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def stage(
-    name: str = "train", state: StageState = StageState.RUNNING, attempts: tuple[AttemptView, ...] = (), **kw: object
+    name: str = "train", state: StageState = StageState.RUNNING, attempts: tuple[AttemptView, ...] = (), **kw: Any
 ) -> StageView:
     return StageView(
         name=name,
         state=state,
-        max_attempts=kw.pop("max_attempts", 3),  # type: ignore[arg-type]
+        max_attempts=kw.pop("max_attempts", 3),
         attempts=attempts,
         retry_backoff=kw.pop("retry_backoff", 0.0),
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def running(number: int = 1, **kw: object) -> AttemptView:

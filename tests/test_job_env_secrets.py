@@ -9,6 +9,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from slurm_fixtures import require_slurm, wait_phase, wait_until, write_script
 FINISHED = {JobPhase.COMPLETED, JobPhase.FAILED, JobPhase.CANCELLED}
 
 # Channels whose variable names no deny-list pattern catches: only unset_env keeps them from the job.
-NOTIFY = [
+NOTIFY: list[dict[str, Any]] = [
     {"slack": {"webhook_url_env": "OPS_CHAT_URL"}},
     {"matrix": {"homeserver": "https://m.example.org", "room_id": "!r", "access_token_env": "OPS_MX"}},
     {"webhook": {"url_env": "OPS_HOOK_URL", "secret_env": "OPS_HOOK_SIG"}, "on": ["failed"]},

@@ -97,7 +97,7 @@ def test_cancel_removes_live_job_and_pause_stops_submissions(harness: Harness, b
                     "stages": [{"name": "a", "script": str(quick)}, {"name": "b", "script": str(quick)}]})
     harness.cli("pause", "p1")
     harness.start_daemon()
-    harness.wait_for(lambda: harness.attempts("c1", "s") and harness.attempts("c1", "s")[0]["state"] == "running",
+    harness.wait_for(lambda: bool(harness.attempts("c1", "s")) and harness.attempts("c1", "s")[0]["state"] == "running",
                      90, "c1 running")
     job_id = harness.attempts("c1", "s")[0]["job_id"]
     assert job_id in harness.cli("cancel", "c1").out

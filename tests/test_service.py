@@ -25,7 +25,7 @@ def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
 
 def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None:
     sv, cluster = registered(tmp_path)
-    decided = [core.SetRun(RunState.RUNNING), core.Submit("s", 1)]
+    decided: list[core.Action] = [core.SetRun(RunState.RUNNING), core.Submit("s", 1)]
     sv.pause("r")  # lands between the decision (run pending) and its application
     assert sv.apply(1, RunState.PENDING, decided, {}) is False
     assert cluster.submitted == []
@@ -35,7 +35,7 @@ def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None
 
 def test_decision_applies_when_nothing_moved(tmp_path: Path) -> None:
     sv, _ = registered(tmp_path)
-    actions = [core.SetRun(RunState.RUNNING), core.Emit(EventKind.MILESTONE, "hello")]
+    actions: list[core.Action] = [core.SetRun(RunState.RUNNING), core.Emit(EventKind.MILESTONE, "hello")]
     assert sv.apply(1, RunState.PENDING, actions, {}) is True
     data = sv.show("r")
     assert data["state"] == "running" and data["events"][-1]["message"] == "hello"

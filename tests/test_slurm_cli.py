@@ -17,7 +17,6 @@ from supervisor.backends.slurm_cli import (
     DEFAULT_TIMEOUT_S,
     SCONTROL_SHOW_JOBS,
     SQUEUE_FORMAT,
-    CommandResult,
     SlurmCliCluster,
     error_for,
     newest,
@@ -33,6 +32,7 @@ from supervisor.backends.slurm_cli import (
     squeue_argv,
 )
 from supervisor.domain.errors import ClusterError
+from supervisor.domain.ports import CommandResult
 from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 from slurm_fixtures import FIXTURES

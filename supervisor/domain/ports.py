@@ -1,10 +1,13 @@
-"""The interfaces the core talks to, in one place: the cluster, the notifier, the clock."""
+"""Every interface an adapter implements, in one place: the cluster, the command runner, the notification
+channels (with their lifecycle) and the clock."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from supervisor.domain.types import JobInfo, SubmitRequest
 
@@ -43,6 +46,41 @@ class Channel(Protocol):
     def send(self, message: Mapping[str, Any], *, idempotency_key: str) -> None:
         """Deliver one message. Raises NotifyError."""
         ...
+
+    def close(self) -> None:
+        """Release the channel's connections; it is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class StatefulChannel(Channel, Protocol):
+    """A channel that needs memory per (run, channel) across restarts, e.g. the Matrix thread root."""
+
+    def send_with_state(
+        self, message: Mapping[str, Any], *, idempotency_key: str, state: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Send; return the new state to store, or None when unchanged. Raises NotifyError."""
+        ...
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandRunner(Protocol):
+    """Runs one command to completion (the SLURM clients); the only thing that starts a process for them."""
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 60.0,
+    ) -> CommandResult: ...
 
 
 class Clock(Protocol):

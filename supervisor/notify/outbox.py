@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from supervisor.domain.errors import NotifyConfigError, NotifyError
 from supervisor.domain.policy import Backoff
-from supervisor.domain.ports import Channel, Clock
+from supervisor.domain.ports import Channel, Clock, StatefulChannel
 from supervisor.notify.config import NotifyChannelSpec, build_channels, parse_specs
 from supervisor.notify.render import coalesce, render
 from supervisor.store.models import ChannelState, Event, OutboxEntry, Run
@@ -47,19 +47,6 @@ FAILED = "failed"
 
 _META = "_outbox"  # delivery bookkeeping inside the payload; stripped before rendering
 _SCAN = 500  # entries of one (run, channel) looked at per step: more than any sane batch
-
-
-@runtime_checkable
-class StatefulChannel(Protocol):
-    """A channel that needs memory per (run, channel) across restarts, e.g. the Matrix thread root."""
-
-    kind: str
-
-    def send_with_state(
-        self, message: Mapping[str, Any], *, idempotency_key: str, state: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        """Send; return the new state to store, or None when unchanged. Raises NotifyError."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -440,9 +427,7 @@ def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> 
 
 def close_channels(channels: Iterable[Channel]) -> None:
     for channel in channels:
-        close = getattr(channel, "close", None)
-        if callable(close):
-            close()
+        channel.close()
 
 
 __all__ = [
