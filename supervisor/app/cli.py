@@ -62,34 +62,42 @@ def disk_full(exc: BaseException) -> str | None:
     return None if where is None else f"disk full at {where}"
 
 
+def _storage_error(exc: BaseException) -> bool:
+    """An OSError or SQLAlchemy's DBAPIError; the latter without importing SQLAlchemy to ask (`status`
+    reads with the standard library's sqlite3, and a DBAPIError exists only once SQLAlchemy is loaded)."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return isinstance(exc, OSError) or (sa_exc is not None and isinstance(exc, sa_exc.DBAPIError))
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    from sqlalchemy.exc import DBAPIError
-
     from supervisor.domain.errors import UserError
 
     try:
         yield
     except (SpecError, UserError) as exc:
         fail(str(exc))
-    except (OSError, DBAPIError) as exc:
-        if (message := disk_full(exc)) is None:
+    except Exception as exc:
+        if not _storage_error(exc) or (message := disk_full(exc)) is None:
             raise
         fail(message, code=DISK_FULL_EXIT)
 
 
 def reading() -> Any:
     """The service for a command that only reads; on a full disk, one reading the database file as it is."""
-    from sqlalchemy.exc import DBAPIError
+    from supervisor.store.readmodels import FileReader
 
+    # The standard library's sqlite3 on the file: no SQLAlchemy, no service, no notifier stack to import.
+    if (direct := FileReader.open(state.home)) is not None:
+        return direct
     from supervisor.app.diskfull import snapshot_sessions, unread_wal
     from supervisor.app.service import Supervisor
     from supervisor.store.db import DB_NAME
 
     try:
         return reader_obj()
-    except (OSError, DBAPIError) as exc:
-        if (message := disk_full(exc)) is None:
+    except Exception as exc:
+        if not _storage_error(exc) or (message := disk_full(exc)) is None:
             raise
     database = state.home / DB_NAME
     missing = f"; the newest changes (in {database}-wal) may be missing" if unread_wal(database) else ""
@@ -297,6 +305,110 @@ def tick() -> None:
         elsewhere = daemon_elsewhere()
         err.print(f"{elsewhere}; nothing to do here" if elsewhere
                   else "a supervisor daemon is running for this state directory; nothing to do", markup=False)
+
+
+def _this_install() -> Any:
+    from supervisor.app.deploy import Install, running_command
+
+    return Install(running_command(sys.argv[0], sys.executable, str(Path.cwd())), state.home)
+
+
+def _duration(flag: str, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        fail(f"{flag} {value!r}: {exc}")
+
+
+@app.command("scrontab")
+def scrontab_cmd(
+    partition: Annotated[str | None, typer.Option("--partition", metavar="P",
+                                                  help="Partition of the tick job (default: the cluster's).")] = None,
+    account: Annotated[str | None, typer.Option("--account", metavar="A", help="Account to charge.")] = None,
+    time_limit: Annotated[str, typer.Option("--time", metavar="DURATION", help="Time limit of a tick job.")] = "10m",
+    every: Annotated[str, typer.Option("--every", metavar="DURATION",
+                                       help="Time between ticks: minutes dividing 60 or hours dividing 24.")] = "5m",
+    install: Annotated[bool, typer.Option(
+        "--install", help="Put it in your scrontab (other entries kept), showing the difference.")] = False,
+    uninstall: Annotated[bool, typer.Option("--uninstall", help="Take it out of your scrontab.")] = False,
+) -> None:
+    """Print a scrontab entry running `tick` for this install and state directory (or install it)."""
+    from supervisor.app import deploy
+    from supervisor.domain.errors import SupervisorError
+
+    if install and uninstall:
+        fail("--install and --uninstall: choose one")
+    every_s, time_s = _duration("--every", every), _duration("--time", time_limit)
+    with user_errors():
+        try:
+            block = deploy.scrontab_entry(_this_install(), every_s=every_s, time_s=time_s, partition=partition,
+                                          account=account)
+            if not (install or uninstall):
+                # Slurm opens the output file, in the state directory, before the tick could create it.
+                state.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+                sys.stdout.write(block)
+                return
+            if install:
+                state.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+                change = deploy.install_scrontab(block, state.home)
+            else:
+                change = deploy.remove_scrontab(state.home)
+        except SupervisorError as exc:
+            if exc.permanent:
+                raise
+            fail(str(exc), code=1)
+    sys.stdout.write(change.diff)  # raw: Rich would read `:name:` as an emoji code
+    what = f"the scrontab entry for {state.home}"
+    if not change.installed:
+        out.print(f"{what} is already installed" if install else f"no {what} is installed; nothing to remove",
+                  markup=False, highlight=False)
+    else:
+        out.print(f"installed {what}" if install else f"removed {what}", markup=False, highlight=False)
+
+
+@app.command("tmux")
+def tmux_cmd(
+    session: Annotated[str, typer.Option("--session", envvar="SUPERVISOR_SESSION", metavar="NAME",
+                                         help="tmux session name.")] = "supervisor",
+    poll: Annotated[str, typer.Option("--poll", metavar="DURATION", help="The daemon's --poll.")] = "30s",
+) -> None:
+    """Start the daemon in a detached tmux session, logging to the state directory; attach if it runs."""
+    import os
+
+    from supervisor.app import deploy
+    from supervisor.domain.errors import SupervisorError
+
+    _poll_seconds(poll)
+    with user_errors():
+        name = deploy.session_name(session)
+        try:
+            if deploy.tmux_session_exists(name):
+                attach = deploy.tmux_attach_argv(name, inside_tmux=bool(os.environ.get("TMUX")))
+                if sys.stdin.isatty() and sys.stdout.isatty():
+                    os.execvp(attach[0], attach)
+                out.print(f"tmux session {name!r} already runs; attach with: {' '.join(attach)}", markup=False,
+                          highlight=False)
+                return
+            deploy.tmux_start(_this_install(), name, poll)
+        except SupervisorError as exc:
+            if exc.permanent:
+                raise
+            fail(str(exc), code=1)
+    out.print(f"supervisor daemon started in tmux session {name!r} (attach: tmux attach -t {name});"
+              f" log: {state.home / deploy.DAEMON_LOG}", markup=False, highlight=False)
+
+
+@app.command("systemd-unit")
+def systemd_unit_cmd(
+    poll: Annotated[str, typer.Option("--poll", metavar="DURATION", help="The daemon's --poll.")] = "30s",
+) -> None:
+    """Print a systemd --user unit running the daemon of this install and state directory."""
+    from supervisor.app import deploy
+
+    _poll_seconds(poll)
+    with user_errors():
+        unit = deploy.systemd_unit(_this_install(), poll)
+    sys.stdout.write(unit)
 
 
 @app.command()
