@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,11 @@ def check_golden(path: Path, text: str) -> None:
 
 def test_scrontab_example_is_the_generated_entry() -> None:
     check_golden(REPO / "deploy" / "supervisor.scrontab", deploy.scrontab_entry(EXAMPLE, partition="lrd_all_serial"))
+
+
+def test_the_readme_shows_the_generated_entry() -> None:
+    entry = deploy.scrontab_entry(EXAMPLE, partition="lrd_all_serial")
+    assert textwrap.indent(entry, "  ") in (REPO / "README.md").read_text()
 
 
 def test_systemd_example_is_the_generated_unit() -> None:
