@@ -234,3 +234,54 @@ def test_tmux_starts_one_daemon_attaches_to_it_and_kill_session_stops_it_cleanly
     # A clean exit empties the lock record; a daemon killed by the hang-up would have left it.
     assert (h.home / LOCK_NAME).read_bytes() == b""
     assert '"event": "daemon_stopped"' in log.read_text()
+
+
+# ---- --install through a stand-in scrontab ---------------------------------------------------------------
+# No scrontab exists here (test_deploy_slurm.py uses a real one where there is): this stand-in answers as
+# src/scrontab/scrontab.c does: `-l` prints the file or "no crontab for USER" with exit 1, `FILE` sets it.
+STAND_IN = """#!/bin/sh
+store="$SCRONTAB_STORE"
+case "$1" in
+  -l) if [ -n "$SCRONTAB_BROKEN" ]; then
+        echo "scrontab: fatal: slurm_request_crontab failed: Unable to contact slurm controller" >&2; exit 1
+      fi
+      if [ -f "$store" ]; then cat "$store"; else echo "no crontab for $(id -un)"; exit 1; fi ;;
+  -r) rm -f "$store" ;;
+  *) cp "$1" "$store" ;;
+esac
+"""
+
+
+def test_install_shows_the_difference_keeps_other_entries_and_never_overwrites_an_unread_scrontab(
+        tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scrontab").write_text(STAND_IN)
+    (bin_dir / "scrontab").chmod(0o755)
+    store = tmp_path / "installed"
+    h = Harness(tmp_path, extra_env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "SCRONTAB_STORE": str(store)})
+    begin, end = deploy.block_markers(h.home)
+
+    first = h.cli("scrontab", "--install")
+    assert f"+{begin}\n" in first.out and first.out.endswith(f"installed the scrontab entry for {h.home}\n")
+    entry = h.cli("scrontab").out
+    assert store.read_text() == entry
+
+    store.write_text(OTHER + "\n" + entry)
+    changed = h.cli("scrontab", "--install", "--every", "10m")
+    assert "-*/5 * * * * " in changed.out and "+*/10 * * * * " in changed.out
+    assert store.read_text() == OTHER + "\n" + h.cli("scrontab", "--every", "10m").out
+    assert h.cli("scrontab", "--install", "--every", "10m").out == (
+        f"the scrontab entry for {h.home} is already installed\n")
+
+    broken = Harness(tmp_path, extra_env={**h.env, "SCRONTAB_BROKEN": "1"})
+    before = store.read_text()
+    refused = broken.cli("scrontab", "--install", "--every", "5m", check=False)
+    assert (refused.code, refused.err) == (
+        1, "error: scrontab -l failed: scrontab: fatal: slurm_request_crontab failed: Unable to contact slurm"
+           " controller\n")
+    assert store.read_text() == before
+
+    assert h.cli("scrontab", "--uninstall").out.endswith(f"removed the scrontab entry for {h.home}\n")
+    assert store.read_text() == OTHER
+    assert end not in store.read_text()
