@@ -62,9 +62,8 @@ def instance_lock(home: Path) -> Iterator[None]:
             log.warning("instance_lock_unsupported", path=str(path), error=exc.strerror)
             os_locked = False
         holder = read_holder_fd(fd)
-        if blocks(holder, me=this_host(), os_locked=os_locked, now=time.time(),
-                  alive=holder is not None and pid_alive(holder.pid)):
-            assert holder is not None
+        if holder is not None and blocks(holder, me=this_host(), os_locked=os_locked, now=time.time(),
+                                         alive=pid_alive(holder.pid)):
             raise AlreadyRunning(path, holder.describe())
         mount = filesystem_of(home)
         if mount is not None and mount.network:

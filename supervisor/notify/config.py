@@ -223,6 +223,16 @@ def resolve_secret(
     return None
 
 
+def _required_secret(
+    name: str, env_var: str | None, file: Path | None, env: Mapping[str, str], *, where: str
+) -> str:
+    value = resolve_secret(name, env_var, file, env, where=where)
+    if value is None:
+        # The spec model asks for one of the two; a channel must never be built around a missing secret.
+        raise NotifyConfigError(f"{where}: {name} is not configured (set {name}_env or {name}_file)")
+    return value
+
+
 def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -> Channel:
     # Imported here so that parsing a spec does not pull in the HTTP stack.
     from supervisor.notify.matrix import MatrixChannel
@@ -232,13 +242,11 @@ def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -
     where = f"notify[{index}].{spec.kind}"
     if spec.slack is not None:
         c = spec.slack
-        url = resolve_secret("webhook_url", c.webhook_url_env, c.webhook_url_file, env, where=where)
-        assert url is not None
+        url = _required_secret("webhook_url", c.webhook_url_env, c.webhook_url_file, env, where=where)
         return SlackChannel(url, timeout_s=c.timeout_s, name=channel_key(index, spec))
     if spec.matrix is not None:
         m = spec.matrix
-        token = resolve_secret("access_token", m.access_token_env, m.access_token_file, env, where=where)
-        assert token is not None
+        token = _required_secret("access_token", m.access_token_env, m.access_token_file, env, where=where)
         return MatrixChannel(
             m.homeserver,
             m.room_id,
@@ -247,10 +255,10 @@ def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -
             threads=m.threads,
             name=channel_key(index, spec),
         )
-    assert spec.webhook is not None
+    if spec.webhook is None:
+        raise NotifyConfigError(f"{where}: none of slack, matrix or webhook is configured")
     w = spec.webhook
-    url = w.url or resolve_secret("url", w.url_env, w.url_file, env, where=where)
-    assert url is not None
+    url = w.url or _required_secret("url", w.url_env, w.url_file, env, where=where)
     secret = resolve_secret("secret", w.secret_env, w.secret_file, env, where=where)
     return WebhookChannel(
         url, secret=secret, timeout_s=w.timeout_s, name=channel_key(index, spec), url_is_secret=w.url is None

@@ -62,10 +62,9 @@ def plan_merge(config: axolotl.AxolotlConfig) -> MergePlan:
             headers = {}  # half-written by a save that hung: fall back to the sharded checkpoint
         if headers or not any(f.suffix == ".safetensors" for f in files):
             return MergePlan(mode="copy", checkpoint=None, model_files=tuple(f.name for f in files))
-    if not final_reached(config.output_dir, config.max_steps):
+    final = newest_complete(config.output_dir) if final_reached(config.output_dir, config.max_steps) else None
+    if final is None:
         raise StageError(f"{config.output_dir}: no complete final checkpoint to merge", permanent=False)
-    final = newest_complete(config.output_dir)
-    assert final is not None  # final_reached implies one
     if not (final.path / SHARDED_MODEL_DIR).is_dir():
         raise StageError(f"{final.path}: no {SHARDED_MODEL_DIR} to merge (not a sharded checkpoint)")
     return MergePlan(mode="merge", checkpoint=final.path)

@@ -136,7 +136,8 @@ def _run(argv: Sequence[str], on_line: Callable[[str], None] | None) -> tuple[in
     pending = ""
     # Unbuffered, so each progress redraw arrives as soon as rsync writes it.
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0) as proc:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # stdout=PIPE always gives one; this only narrows the type
+            raise RuntimeError(f"{argv[0]}: started without an output pipe")
         while data := proc.stdout.read(65536):
             text = decoder.decode(data)
             chunks.append(text)
