@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from supervisor.domain.core.views import PENDING_GRACE_S
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
 from supervisor.domain.paths import directory_problem, file_problem
@@ -86,6 +87,8 @@ class StageSpec(_Strict):
     stall_timeout: PositiveDuration | None = None
     # Until the first training step shows up (NVCC/rendezvous hangs happen here).
     startup_timeout: PositiveDuration | None = None
+    # A job pending this long for a reason waiting never clears (PartitionNodeLimit, ...) needs a person.
+    pending_grace: Duration = PENDING_GRACE_S
     # Pipeline kinds (prepare/train/merge/transfer) render their own sbatch script from these.
     nodes: Count | None = Field(default=None, ge=1)
     gpus_per_node: Count | None = Field(default=None, ge=0)

@@ -93,6 +93,8 @@ class Attempt(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     nodes: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the cluster first gave the current pending reason: a reason waiting never clears counts from here.
+    reason_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # The signature (or stall/operator) that ended this attempt, when the supervisor ended it.
     cause: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set before scancel so an attempt the supervisor cancelled is not taken for an operator's cancel.

@@ -9,6 +9,14 @@ from datetime import datetime
 from supervisor.domain.core.actions import Outcome
 from supervisor.domain.types import AttemptState, JobInfo, LogMatch, Progress, RunState, StageState
 
+# Causes of attempts the supervisor ended through no fault of the run: they use none of the stage's budget.
+CANNOT_START = "cannot_start"  # pending for a reason waiting never clears; a person acts first
+EXCLUSIONS_IN_THE_WAY = "exclusions_in_the_way"  # the supervisor's own --exclude list kept the job from starting
+NOT_THE_RUNS_FAULT = frozenset({CANNOT_START, EXCLUSIONS_IN_THE_WAY})
+
+# How long a job may wait for a reason that never clears before a person is asked (spec `pending_grace`).
+PENDING_GRACE_S = 600.0
+
 
 class Refused(Exception):
     """A user command that cannot apply to the run as it is; the message says why."""
@@ -30,6 +38,8 @@ class AttemptView:
     first_step_at: datetime | None = None
     nodes: str | None = None
     saved_mark: str | None = None  # identifies the newest checkpoint seen so far
+    reason: str | None = None  # the cluster's last pending reason, e.g. "Priority" or "PartitionNodeLimit"
+    reason_since: datetime | None = None  # when that reason was first seen
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class StageView:
     stall_timeout: float | None = None
     startup_timeout: float | None = None
     retry_backoff: float = 30.0
+    pending_grace: float = PENDING_GRACE_S
     attempts: tuple[AttemptView, ...] = ()
 
     @property
@@ -51,7 +62,8 @@ class StageView:
     def used(self) -> int:
         """Attempts that count against max_attempts since the last `retry`."""
         return sum(
-            1 for a in self.attempts if a.number >= self.budget_start and a.outcome is not Outcome.OPERATOR
+            1 for a in self.attempts
+            if a.number >= self.budget_start and a.outcome is not Outcome.OPERATOR and a.cause not in NOT_THE_RUNS_FAULT
         )
 
 
