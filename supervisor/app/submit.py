@@ -6,6 +6,7 @@ cluster is called, and record the outcome conditionally (the attempt may have mo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,12 +16,15 @@ import structlog
 
 from supervisor.app.clusters import Clusters
 from supervisor.app.contexts import context_for
+from supervisor.backends.slurm_cli import refuses_node_selection
+from supervisor.domain.core.views import EXCLUSIONS_IN_THE_WAY
 from supervisor.domain.errors import ClusterError, SupervisorError
 from supervisor.domain.types import AttemptState, EventKind, SubmitRequest
 from supervisor.notify.config import secret_env_names
 from supervisor.stages import Submission
 from supervisor.stages.remedies import clear_extension_locks
 from supervisor.store.models import Attempt
+from supervisor.store.readmodels import attempts_of
 from supervisor.store.repository import LIVE, Repository
 
 log = structlog.get_logger("supervisor")
@@ -40,11 +44,19 @@ class Submitter:
             backend, number, log_pattern = attempt.backend, attempt.number, attempt.log_path or ""
             kind, ctx = context_for(run, stage.name, number)
             excluded = self.repo.excluded_nodes(session, run.id) if backend != "local" else ()
+            earlier = [a for a in attempts_of(session, stage) if a.number < number]
+            blocked_before = bool(earlier) and earlier[-1].cause == EXCLUSIONS_IN_THE_WAY
+            run_id, stage_name = run.id, stage.name
             base = {"SUPERVISOR_RUN": run.name, "SUPERVISOR_STAGE": stage.name, "SUPERVISOR_ATTEMPT": str(number)}
             # The variables the run's notify channels read their secrets from never reach its jobs.
             unset_env = secret_env_names(run.spec.get("notify") or [])
             tag, workdir = attempt.tag, Path(run.workdir)
         bound = log.bind(run=ctx.run, stage=ctx.stage, attempt=number)
+        if excluded and blocked_before:
+            # The last attempt waited in the queue for nodes only our exclusions ruled out.
+            self.repo.lift_exclusions(run_id, excluded, f"attempt {number - 1} could not start with them",
+                                      stage_name, number)
+            excluded = ()
         try:
             # Preparation may write the rendered job, move checkpoints aside, clean a prepared dataset.
             sub = kind.prepare(ctx)
@@ -63,19 +75,36 @@ class Submitter:
             sbatch_args=(*ctx.spec.sbatch_args, *sub.sbatch_args), exclude=excluded,
             env={**base, **sub.env, **ctx.spec.env}, unset_env=unset_env,
         )
-        try:
-            job_id = self.clusters(backend).submit(request)
-        except ClusterError as exc:
-            if not exc.permanent:
-                # Unknown whether the job exists: stay SUBMITTING; reconciliation looks the tag up.
-                bound.warning("submit_unknown", error=str(exc))
-                return
-            self.repo.refused(attempt_id, f"submission rejected: {exc}", permanent=True)
+        job_id = self._submit(attempt_id, backend, request, run_id, stage_name, number, bound)
+        if job_id is None:
             return
         cancel_now = self.repo.submitted(attempt_id, job_id, log_pattern.replace("%j", job_id))
         bound.info("job_submitted", job_id=job_id)
         if cancel_now:
             self.cancel(attempt_id)
+
+    def _submit(
+        self, attempt_id: int, backend: str, request: SubmitRequest, run_id: int, stage: str, number: int,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> str | None:
+        """The job id, or None when the submission is unknown (reconciliation decides) or was refused."""
+        while True:
+            try:
+                return self.clusters(backend).submit(request)
+            except ClusterError as exc:
+                if not exc.permanent:
+                    # Unknown whether the job exists: stay SUBMITTING; reconciliation looks the tag up.
+                    bound.warning("submit_unknown", error=str(exc))
+                    return None
+                if request.exclude and refuses_node_selection(str(exc)):
+                    # The supervisor's own --exclude list left no nodes to run on: not the run's fault. Lift it
+                    # and submit once more without; a refusal then is the request's own, as it would be anyway.
+                    self.repo.lift_exclusions(run_id, request.exclude, f"sbatch refused the job with them ({exc})",
+                                              stage, number)
+                    request = dataclasses.replace(request, exclude=())
+                    continue
+                self.repo.refused(attempt_id, f"submission rejected: {exc}", permanent=True)
+                return None
 
     def cancel(self, attempt_id: int) -> str | None:
         """Cancel the attempt's job; return its id once the cluster took the cancel."""

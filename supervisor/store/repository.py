@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from supervisor.domain import core
+from supervisor.domain.core.observe import reason_code
 from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec
@@ -103,7 +104,7 @@ class Repository:
             stages.append(core.StageView(
                 name=stage.name, state=StageState(stage.state), max_attempts=s.max_attempts,
                 budget_start=stage.budget_start, stall_timeout=s.stall_timeout, startup_timeout=s.startup_timeout,
-                retry_backoff=s.retry_backoff, attempts=attempts,
+                retry_backoff=s.retry_backoff, pending_grace=s.pending_grace, attempts=attempts,
             ))
         return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
                             resubmit_limits=dict(limits or {}))
@@ -188,7 +189,7 @@ class Repository:
     ) -> Effect | None:
         match action:
             case core.UpdateAttempt(stage=stage, number=number, changes=changes):
-                _set_columns(attempts[(stage, number)], changes)
+                _set_columns(attempts[(stage, number)], changes, now)
             case core.SetStage(stage=stage, state=state):
                 stages[stage].state, stages[stage].updated_at = state.value, now
             case core.ResetBudget(stage=stage, start=start):
@@ -218,6 +219,23 @@ class Repository:
             row.until, row.reason = until, action.reason
         self.event(session, run, EventKind.EXCLUDED_NODE, f"node {action.node} excluded until {until:%Y-%m-%d %H:%M}Z",
                    data={"node": action.node})
+
+    def lift_exclusions(
+        self, run_id: int, nodes: Sequence[str], why: str, stage: str | None = None, attempt: int | None = None,
+    ) -> list[str]:
+        """Forget the run's exclusions of ``nodes`` (they made its jobs impossible); returns those lifted."""
+        with self.sessions.begin() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            lifted = sorted(session.scalars(select(ExcludedNode.node).where(
+                ExcludedNode.run_id == run_id, ExcludedNode.node.in_(list(nodes)))))
+            if not lifted:
+                return []
+            session.execute(delete(ExcludedNode).where(ExcludedNode.run_id == run_id,
+                                                       ExcludedNode.node.in_(lifted)))
+            self.event(session, run, EventKind.EXCLUDED_NODE, f"exclusion of {', '.join(lifted)} lifted: {why}",
+                       stage, attempt, {"lifted": lifted, "why": why})
+            return lifted
 
     def _new_attempt(self, session: Session, run: Run, stage: Stage, number: int, backend: str) -> Attempt:
         log_pattern = str(Path(run.workdir) / "logs" / f"{stage.name}-{number}-%j.log")
@@ -305,9 +323,16 @@ def attempt_view(a: Attempt) -> core.AttemptView:
         outcome=core.Outcome(a.outcome) if a.outcome else None, cause=a.cause, work_done=a.work_done,
         submitted_at=a.submitted_at, started_at=a.started_at, ended_at=a.ended_at,
         last_output_at=a.last_output_at, first_step_at=a.first_step_at, nodes=a.nodes, saved_mark=a.saved_mark,
+        reason=a.reason, reason_since=a.reason_since,
     )
 
 
-def _set_columns(attempt: Attempt, changes: core.AttemptChanges) -> None:
-    for column, value in changes.items().items():
+def _set_columns(attempt: Attempt, changes: core.AttemptChanges, now: datetime) -> None:
+    values = changes.items()
+    reason = values.get("reason")
+    # A pending reason's clock starts when its code first shows up: "ReqNodeNotAvail, UnavailableNodes:..."
+    # naming other nodes is the same reason.
+    if isinstance(reason, str) and (attempt.reason_since is None or reason_code(reason) != reason_code(attempt.reason)):
+        attempt.reason_since = now
+    for column, value in values.items():
         setattr(attempt, column, value.value if isinstance(value, AttemptState | core.Outcome) else value)
