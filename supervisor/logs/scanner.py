@@ -621,10 +621,6 @@ def parse_metrics(text: str) -> dict[str, float] | None:
     return values if values.keys() & _METRIC_KEYS else None
 
 
-def strip_ansi(data: bytes) -> bytes:
-    return _ANSI_RE.sub(b"", data) if b"\x1b" in data else data
-
-
 @dataclass
 class ScanAccumulator:
     """Folds successive chunk results of one log: every match, the latest progress and metrics."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -487,11 +487,6 @@ def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> 
     return results
 
 
-def close_channels(channels: Iterable[Channel]) -> None:
-    for channel in channels:
-        channel.close()
-
-
 __all__ = [
     "DELIVERED",
     "FAILED",
@@ -501,7 +496,6 @@ __all__ = [
     "DeliveryReport",
     "RunChannels",
     "StatefulChannel",
-    "close_channels",
     "deliver",
     "enqueue",
     "idempotency_key",
