@@ -22,7 +22,7 @@ from supervisor.domain import core
 from supervisor.domain.core.observe import reason_code
 from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock
-from supervisor.domain.spec import RunSpec
+from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import AttemptState, EventKind, JobInfo, RunState, StageState
 from supervisor.notify import enqueue
 from supervisor.store.models import Attempt, Event, ExcludedNode, Run, Stage
@@ -95,16 +95,16 @@ class Repository:
 
     @staticmethod
     def view(session: Session, run: Run, limits: Mapping[str, int] | None = None) -> core.RunView:
-        spec = RunSpec.model_validate(run.spec)
-        stage_specs = {s.name: s for s in spec.stages}
+        # The numbers the core needs are read from the stored spec as it is, not re-validated: a spec that a
+        # later version refuses (a run registered before a check existed) can still be seen and cancelled.
+        stage_specs = {s.get("name"): s for s in run.spec.get("stages", []) if isinstance(s, dict)}
         stages = []
         for stage in run.stages:
-            s = stage_specs[stage.name]
+            s = _stage_numbers(stage_specs.get(stage.name, {}))
             attempts = tuple(attempt_view(a) for a in attempts_of(session, stage))
             stages.append(core.StageView(
-                name=stage.name, state=StageState(stage.state), max_attempts=s.max_attempts,
-                budget_start=stage.budget_start, stall_timeout=s.stall_timeout, startup_timeout=s.startup_timeout,
-                retry_backoff=s.retry_backoff, pending_grace=s.pending_grace, attempts=attempts,
+                name=stage.name, state=StageState(stage.state), budget_start=stage.budget_start, attempts=attempts,
+                **s,
             ))
         return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
                             resubmit_limits=dict(limits or {}))
@@ -315,6 +315,15 @@ class Repository:
             assert run is not None
             self.event(session, run, EventKind.NEEDS_ATTENTION, f"needs attention: {reason}", data={"reason": reason})
             return True
+
+
+_STAGE_NUMBERS = ("max_attempts", "stall_timeout", "startup_timeout", "retry_backoff", "pending_grace")
+
+
+def _stage_numbers(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage's limits from its stored spec, with the spec's defaults for keys an older version did not store."""
+    fields = StageSpec.model_fields
+    return {name: raw.get(name, fields[name].default) for name in _STAGE_NUMBERS}
 
 
 def attempt_view(a: Attempt) -> core.AttemptView:
