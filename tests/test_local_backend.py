@@ -15,7 +15,8 @@ from typing import TypeVar
 import pytest
 
 from supervisor.backends import default_backend, make_cluster
-from supervisor.backends.local import LocalCluster, expand_log_pattern, job_info_from_record
+from supervisor.backends.local import LocalCluster, expand_log_pattern
+from supervisor.backends.local_records import job_info_from_record
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
