@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Column, Table
 from rich.text import Text
+
+from supervisor.domain.durations import format_duration
 
 EVENTS_SHOWN = 30
 
@@ -74,20 +76,35 @@ def _progress(progress: Mapping[str, Any] | None) -> str:
     return f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
 
 
-def status_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+def _waiting(row: Mapping[str, Any]) -> str:
+    """What a queued job waits for, and since when: the pending reason and the time queued."""
+    reason, queued = row.get("pending_reason"), row.get("queued_for_s")
+    if not reason:
+        return ""
+    return f"waiting: {reason}" + (f" {format_duration(queued)}" if queued is not None else "")
+
+
+def status_table(rows: Sequence[Mapping[str, Any]]) -> Group:
+    """One row per run; a run that needs attention gets a line saying why under the table."""
     updated = [local_time(r["updated_at"]) for r in rows]
     columns = [_name("run", (r["name"] for r in rows)), _fold("state"), _name("stage", (r["stage"] for r in rows)),
                _fold("attempt"), _fold("job"), _fold("progress"), _fixed("updated", updated)]
-    return _table(columns, (
-        (r["name"], r["state"], r["stage"] or "", r["attempt"] or "", r["job_id"] or "", _progress(r["progress"]), when)
+    table = _table(columns, (
+        (r["name"], r["state"], r["stage"] or "", r["attempt"] or "", r["job_id"] or "",
+         _progress(r["progress"]) or _waiting(r), when)
         for r, when in zip(rows, updated, strict=True)
     ))
+    notes = [Text(f"{r['name']} needs attention: {r['reason']}") for r in rows
+             if r["state"] == "needs_attention" and r.get("reason")]
+    return Group(table, *notes)
 
 
 def show_renderables(data: Mapping[str, Any], *, all_events: bool = False) -> list[RenderableType]:
     """The run's header line, its stages and attempts, its events (the last 30 unless ``all_events``),
     excluded nodes and undelivered notifications."""
     header = Text.assemble((str(data["name"]), "bold"), f"  {data['state']}  ({data['backend']}, {data['workdir']})")
+    if data.get("reason"):
+        header.append(f"\nreason: {data['reason']}")
     stages = data["stages"]
     attempt_rows: list[Sequence[object]] = []
     for s in stages:
@@ -95,7 +112,7 @@ def show_renderables(data: Mapping[str, Any], *, all_events: bool = False) -> li
             attempt_rows.append((s["name"], s["state"], "", "", "", "", "", ""))
         attempt_rows.extend(
             (s["name"], s["state"], a["number"], a["job_id"] or "", a["state"],
-             "" if a["exit_code"] is None else a["exit_code"], a["nodes"] or "", a["cause"] or "")
+             "" if a["exit_code"] is None else a["exit_code"], a["nodes"] or _waiting(a), a["cause"] or "")
             for a in s["attempts"])
     out: list[RenderableType] = [header, _table(
         [_name("stage", (s["name"] for s in stages)), _fold("state"), _fold("attempt"), _fold("job"),

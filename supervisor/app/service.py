@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.app.clusters import Clusters
@@ -29,15 +30,17 @@ from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock, Cluster, SystemClock
 from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
-from supervisor.logs.follow import LogWatcher
+from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.notify import RunChannels, deliver, send_test
 from supervisor.notify.outbox import pending_count
 from supervisor.store import readmodels
 from supervisor.store.db import open_database
-from supervisor.store.models import Run
-from supervisor.store.repository import Effect, Repository
+from supervisor.store.models import Attempt, Run, Stage
+from supervisor.store.repository import ACTIVE, POLLED, Effect, Repository
 
 log = structlog.get_logger("supervisor")
+_ACTIVE = [s.value for s in ACTIVE]
+_POLLED = [s.value for s in POLLED]
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,15 @@ class Supervisor:
         with self.sessions() as session:
             return pending_count(session)
 
+    def logs_grew(self) -> bool:
+        """Whether a live attempt's log changed since it was read: the daemon's test before a log-only pass
+        where inotify sees nothing (Lustre, GPFS, NFS). One read of the offsets, one ``stat`` per log."""
+        with self.sessions() as session:
+            cursors = [LogCursor(path, tail, None) for path, tail in session.execute(
+                select(Attempt.log_path, Attempt.log_tail).join(Stage).join(Run)
+                .where(Attempt.state.in_(_POLLED), Run.state.in_(_ACTIVE)))]
+        return self.logs.grown(cursors)
+
     def live_log_dirs(self) -> set[Path]:
         return {w / "logs" for w in self.repo.live_workdirs()}
 
@@ -239,11 +251,11 @@ class Supervisor:
 
     def status(self) -> list[dict[str, Any]]:
         with self.sessions() as session:
-            return readmodels.status_rows(session)
+            return readmodels.status_rows(session, self.clock.now())
 
     def show(self, name: str) -> dict[str, Any]:
         with self.sessions() as session:
-            return readmodels.show(session, self.repo.run_named(session, name))
+            return readmodels.show(session, self.repo.run_named(session, name), self.clock.now())
 
     def run_signatures(self, name: str) -> list[dict[str, Any]]:
         with self.sessions() as session:
