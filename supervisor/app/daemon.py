@@ -25,12 +25,25 @@ from supervisor.domain.policy import Backoff
 from supervisor.logs.tailer import keep_chunk_memory
 from supervisor.store.db import journal_mode_for
 from supervisor.store.filesystem import filesystem_of
-from supervisor.store.statedir import LOCK_NAME, blocks, heartbeat, pid_alive, read_holder_fd, this_host, write_record
+from supervisor.store.statedir import (
+    LOCK_NAME,
+    blocks,
+    heartbeat,
+    make_private_dir,
+    pid_alive,
+    read_holder_fd,
+    this_host,
+    write_record,
+)
 
 log = structlog.get_logger("supervisor.daemon")
 TICK_JOB = "tick"
 WAKE_JOB = "wake"
 OUTBOX_JOB = "outbox"
+LOG_JOB = "logs"
+# On Lustre, GPFS and NFS a job's writes on a compute node raise no inotify event here: the logs are
+# stat'ed this often instead (`--log-poll`), and a pass reads only when one grew. squeue stays at --poll.
+LOG_POLL_S = 2.0
 # A log that is written continuously must not turn into back-to-back passes: at most this often.
 MIN_WAKE_INTERVAL = 0.2
 OUTBOX_INTERVAL = 5.0
@@ -47,7 +60,7 @@ def instance_lock(home: Path) -> Iterator[None]:
     Besides the flock, the file records ``"<pid> <host>"`` and stays touched while held: on a network
     filesystem whose flock does not reach other hosts, a daemon there is still seen (supervisor.store.statedir).
     """
-    home.mkdir(parents=True, exist_ok=True)
+    make_private_dir(home)
     path = home / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -79,11 +92,15 @@ def instance_lock(home: Path) -> Iterator[None]:
 
 
 class Daemon:
-    """Ticks every ``poll`` seconds, and at once when a watched log changes."""
+    """Ticks every ``poll`` seconds, and reads the logs at once when a watched log changes: on an inotify
+    event, or when the ``log_poll`` cadence finds a live log grown (0: inotify only)."""
 
-    def __init__(self, supervisor: Supervisor, poll: float, *, exit_when_idle: bool = False) -> None:
+    def __init__(
+        self, supervisor: Supervisor, poll: float, *, log_poll: float = LOG_POLL_S, exit_when_idle: bool = False,
+    ) -> None:
         self.supervisor = supervisor
         self.poll = poll
+        self.log_poll = log_poll
         self.exit_when_idle = exit_when_idle
         self.stop_requested = threading.Event()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -114,6 +131,20 @@ class Daemon:
         # Two instances: a wake-up due while a pass runs waits for the lock instead of being skipped.
         self.scheduler.add_job(self._tick, "date", run_date=run_date, kwargs={"poll": False}, id=WAKE_JOB,
                                replace_existing=True, misfire_grace_time=None, max_instances=2)
+
+    def check_logs(self) -> None:
+        """The log cadence: a log-only pass when a live log grew, and nothing at all (no read, no write)
+        when none did."""
+        if self._tick_lock.locked() or self._last_wake > time.monotonic():
+            return  # a pass is running or due: it reads whatever grew
+        try:
+            grew = self.supervisor.logs_grew()
+        except Exception as exc:
+            # The database or a filesystem is away: the interval pass reports it and backs off.
+            log.warning("log_check_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if grew:
+            self.wake()
 
     def _tick(self, poll: bool = True) -> None:
         if time.monotonic() < self._failing_until:
@@ -174,10 +205,14 @@ class Daemon:
         self.scheduler.add_job(self._tick, "interval", seconds=self.poll, id=TICK_JOB, max_instances=1,
                                coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None)
         # Deliveries wait on the network (timeouts, outages): their own job, so they never delay a reaction.
+        if self.log_poll > 0:
+            self.scheduler.add_job(self.check_logs, "interval", seconds=self.log_poll, id=LOG_JOB, max_instances=1,
+                                   coalesce=True, misfire_grace_time=None)
         self.scheduler.add_job(self.supervisor.flush_outbox, "interval", seconds=OUTBOX_INTERVAL, id=OUTBOX_JOB,
                                max_instances=1, coalesce=True, misfire_grace_time=None)
         self.scheduler.start()
-        log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, pid=os.getpid())
+        log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, log_poll=self.log_poll,
+                 pid=os.getpid())
         try:
             while not self.stop_requested.wait(1.0):
                 pass

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from supervisor.store.filesystem import filesystem_of
+from supervisor.store.statedir import make_private_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -136,7 +137,7 @@ def _set_journal_mode(engine: Engine, wanted: str) -> None:
 
 
 def create_db_engine(path: Path, journal_mode: str | None = None) -> Engine:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     if not path.exists():
         # Create it 0600 before SQLite does: run specs and events may be private to the user.
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)

@@ -127,3 +127,11 @@ def heartbeat(fd: int, interval: float = HEARTBEAT_S) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the state directory (and its parents) and make it private to the user: run specs, events and
+    job records in it can hold what only the user may read. An existing directory is tightened too."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
