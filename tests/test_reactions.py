@@ -81,6 +81,37 @@ LINES: dict[str, str] = {
         "ValueError: bf16 requested, but AMP is not supported on this GPU. Requires Ampere series or above."
     ),
     "training_completed": COMPLETED,
+    "nccl_communicator_aborted": "NCCL communicator was aborted on rank 1.",
+    "gloo_timeout": (
+        "RuntimeError: [../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms "
+        "for recv operation to complete"
+    ),
+    "rendezvous_closed": "torch.distributed.elastic.rendezvous.api.RendezvousClosedError",
+    "rendezvous_port_in_use": (
+        "RuntimeError: The server socket has failed to listen on any local network address. port: 29500, useIpv6: 0, "
+        "code: -98, name: EADDRINUSE, message: address already in use"
+    ),
+    "worker_killed": (
+        "E1228 15:45:02.000000 859901 torch/distributed/elastic/multiprocessing/api.py:869] failed (exitcode: -9) "
+        "local_rank: 0 (pid: 859956) of binary: /opt/venv/bin/python"
+    ),
+    "shm_exhausted": (
+        "ERROR: Unexpected bus error encountered in worker. This might be caused by insufficient shared memory (shm)."
+    ),
+    "bus_error": "srun: error: fake01: task 3: Bus error",
+    "cuda_device_unavailable": "RuntimeError: CUDA error: CUDA-capable device(s) is/are busy or unavailable",
+    "srun_task_launch_failure": (
+        "srun: error: Task launch for StepId=123.0 failed on node fake01: Socket timed out on send/recv operation"
+    ),
+    "stale_file_handle": "OSError: [Errno 116] Stale file handle: '/home/u/.triton/cache/ab12/cuda_utils.so'",
+    "hub_rate_limited": (
+        "requests.exceptions.HTTPError: 429 Client Error: Too Many Requests for url: "
+        "https://huggingface.co/meta-llama/Meta-Llama-3-8B/resolve/main/config.json"
+    ),
+    "checkpoint_write_failed": (
+        "RuntimeError: [enforce fail at inline_container.cc:857] . PytorchStreamWriter failed writing file data/322: "
+        "file write failed"
+    ),
 }
 
 CATALOGUE = {spec.name: spec for spec in load_builtin()}

@@ -39,6 +39,11 @@ class SignatureSpec(BaseModel):
     wrapper: bool = False
     hang_hint: bool = False
     max_resubmits: int | None = Field(default=None, ge=0)
+    # Provenance, so a pattern can be checked against the text it is meant to recognise: where the
+    # message is printed ("owner/repo path" or "owner/repo issue #N") and real lines that carry it.
+    # tests/test_catalogue_examples.py replays every example; loading never does (it would cost each load).
+    source: str = ""
+    examples: tuple[str, ...] = ()
 
     @field_validator("patterns")
     @classmethod
