@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.notify.outbox import enqueue
+from supervisor.notify.queue import enqueue
 from supervisor.store.db import open_database
 from supervisor.store.models import Event, OutboxEntry, Run
 

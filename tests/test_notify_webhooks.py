@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.domain.ports import Channel
 from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
-from supervisor.notify.outbox import idempotency_key
+from supervisor.notify.queue import idempotency_key
 from supervisor.store.models import OutboxEntry
 
 from fakes import DiesAfterSend, Interrupted, ManualClock

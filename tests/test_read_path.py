@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from supervisor.app.service import Supervisor
-from supervisor.notify.outbox import undelivered
+from supervisor.notify.queue import undelivered
 from supervisor.store import readmodels
 from supervisor.store.db import DB_NAME
 from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage

@@ -32,7 +32,7 @@ from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
 from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.notify import RunChannels, deliver, send_test
-from supervisor.notify.outbox import pending_count
+from supervisor.notify.queue import pending_count
 from supervisor.store import readmodels
 from supervisor.store.db import open_database
 from supervisor.store.models import Attempt, Run, Stage

@@ -29,23 +29,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from supervisor.domain.errors import NotifyConfigError, NotifyError
 from supervisor.domain.policy import Backoff
 from supervisor.domain.ports import Channel, Clock, StatefulChannel
-from supervisor.notify.config import NotifyChannelSpec, build_channels, parse_specs
+from supervisor.notify.config import build_channels
+from supervisor.notify.queue import DELIVERED, FAILED, META, PENDING, idempotency_key, meta_of
 from supervisor.notify.render import coalesce, render
-from supervisor.store.models import ChannelState, Event, OutboxEntry, Run
+from supervisor.store.models import ChannelState, OutboxEntry, Run
 
 log = structlog.get_logger(__name__)
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
 
-_META = "_outbox"  # delivery bookkeeping inside the payload; stripped before rendering
 _SCAN = 500  # entries of one (run, channel) looked at per step: more than any sane batch
 
 
@@ -72,62 +69,6 @@ class DeliveryReport:
 
 ChannelMap = Mapping[int, Mapping[str, Channel]] | Callable[[int], Mapping[str, Channel]]
 SessionFactory = Callable[[], Session]
-
-
-def idempotency_key(entry: OutboxEntry) -> str:
-    """Stable per entry across retries and restarts, distinct across databases.
-
-    The creation time (microseconds) is part of it so that a fresh database reusing entry ids cannot
-    hit the homeserver's txnId memory and have a new message swallowed as a repeat.
-    """
-    stamp = int(entry.created_at.timestamp() * 1_000_000)
-    return f"sv-{entry.run_id}-{entry.id}-{stamp:x}"
-
-
-def enqueue(
-    session: Session,
-    run: Run,
-    event: Event,
-    notify_specs: Sequence[NotifyChannelSpec | Mapping[str, Any]],
-) -> list[OutboxEntry]:
-    """Add one outbox entry per channel that wants ``event.kind``. Call inside the event's transaction.
-
-    ``event`` must be flushed (its id known). The payload is the rendered neutral message; it holds
-    event data only, never channel secrets (those are resolved at send time).
-    """
-    if event.id is None:
-        raise ValueError("enqueue needs a flushed event (event.id is None)")
-    data = dict(event.data or {})
-    job_id = data.get("job_id")
-    entries: list[OutboxEntry] = []
-    for index, spec in enumerate(parse_specs(notify_specs)):
-        if not spec.wants(event.kind):
-            continue
-        message = render(
-            event.kind,
-            run.name,
-            event.stage,
-            event.attempt,
-            None if job_id is None else str(job_id),
-            event.message,
-            data,
-        )
-        message["events"] = [
-            {"id": event.id, "at": event.at.isoformat(), "stage": event.stage, "attempt": event.attempt}
-        ]
-        entry = OutboxEntry(
-            run_id=run.id,
-            channel=f"{index}:{spec.kind}",
-            event_id=event.id,
-            kind=event.kind,
-            payload=message,
-            state=PENDING,
-            tries=0,
-            created_at=event.at,
-        )
-        session.add(entry)
-        entries.append(entry)
-    return entries
 
 
 class RunChannels:
@@ -205,13 +146,8 @@ def _note_config_problem(
         s.execute(query.values(last_error=message))
 
 
-def _meta(entry: OutboxEntry) -> dict[str, Any]:
-    meta = entry.payload.get(_META)
-    return dict(meta) if isinstance(meta, dict) else {}
-
-
 def _message(entry: OutboxEntry) -> dict[str, Any]:
-    return {k: v for k, v in entry.payload.items() if k != _META}
+    return {k: v for k, v in entry.payload.items() if k != META}
 
 
 def _held_until(s: Session, head: OutboxEntry, window: timedelta) -> datetime | None:
@@ -283,7 +219,7 @@ def _claim(
         head = pending[0]
         if head.next_try_at is not None and head.next_try_at > now:
             return None
-        meta = _meta(head)
+        meta = meta_of(head)
         if "batch" not in meta and not _write_batch(s, head, pending, meta, now, policy):
             return None
         followers = _batch_members(s, pending, meta["batch"])
@@ -334,9 +270,9 @@ def _write_batch(
             break
         followers.append(entry)
     meta["batch"] = [e.id for e in followers]
-    head.payload = {**head.payload, _META: meta}
+    head.payload = {**head.payload, META: meta}
     for entry in followers:
-        entry.payload = {**entry.payload, _META: {"merged_into": head.id}}
+        entry.payload = {**entry.payload, META: {"merged_into": head.id}}
         entry.next_try_at = None
     return True
 
@@ -441,31 +377,6 @@ def _save_state(s: Session, run_id: int, key: str, data: dict[str, Any]) -> None
         row.data = data
 
 
-def pending_count(session: Session) -> int:
-    """Entries of every run still waiting for delivery (not delivered, not given up on)."""
-    return session.scalar(select(func.count()).select_from(OutboxEntry).where(OutboxEntry.state == PENDING)) or 0
-
-
-def undelivered(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """Entries of a run not (yet) delivered, oldest first, for ``supervisor show`` (JSON-ready)."""
-    rows = session.scalars(
-        select(OutboxEntry).where(OutboxEntry.run_id == run_id, OutboxEntry.state != DELIVERED).order_by(OutboxEntry.id)
-    ).all()
-    return [
-        {
-            "id": e.id,
-            "channel": e.channel,
-            "kind": e.kind,
-            "state": e.state,
-            "tries": e.tries,
-            "last_error": e.last_error,
-            "next_try_at": e.next_try_at.isoformat() if e.next_try_at is not None else None,
-            "merged_into": _meta(e).get("merged_into"),
-        }
-        for e in rows
-    ]
-
-
 def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> dict[str, str | None]:
     """Send a test message to each channel now, bypassing the outbox.
 
@@ -488,17 +399,11 @@ def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> 
 
 
 __all__ = [
-    "DELIVERED",
-    "FAILED",
-    "PENDING",
     "ChannelMap",
     "DeliveryPolicy",
     "DeliveryReport",
     "RunChannels",
     "StatefulChannel",
     "deliver",
-    "enqueue",
-    "idempotency_key",
     "send_test",
-    "undelivered",
 ]
