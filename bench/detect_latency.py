@@ -31,9 +31,9 @@ from pathlib import Path
 
 import yaml
 
+from supervisor.app.logsetup import configure_logging
+from supervisor.app.service import Supervisor
 from supervisor.backends import default_backend
-from supervisor.logsetup import configure_logging
-from supervisor.service import Supervisor
 
 LINE = "[rank0]: RuntimeError: NVCC timeout while compiling fused kernels"
 
@@ -57,6 +57,23 @@ def daemon_events(log: Path) -> list[dict[str, object]]:
 
 def stamp(value: object) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def latencies(
+    events: list[dict[str, object]], done: dict[str, float], stamps: Path
+) -> tuple[list[float], list[float], list[float]]:
+    """Per finished trial (ms): line written -> scancel returned, -> decision logged, decision -> scancel."""
+    job_of_run = {str(e.get("run")): str(e["job_id"]) for e in events if e.get("event") == "job_submitted"}
+    decided = {job_of_run[str(e["run"])]: stamp(e["timestamp"]) for e in events
+               if e.get("event") == "signature" and str(e.get("run")) in job_of_run}
+    total, detect, act = [], [], []
+    for job, at in done.items():
+        printed = float((stamps / job).read_text().strip())
+        total.append((at - printed) * 1000)
+        if job in decided:
+            detect.append((decided[job] - printed) * 1000)
+            act.append((at - decided[job]) * 1000)
+    return total, detect, act
 
 
 def main() -> int:
@@ -126,23 +143,7 @@ sleep 300
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
 
-    events = daemon_events(daemon_log)
-    decided = {}
-    job_of_run = {}
-    for e in events:
-        if e.get("event") == "job_submitted":
-            job_of_run[str(e.get("run"))] = str(e["job_id"])
-    for e in events:
-        if e.get("event") == "signature" and str(e.get("run")) in job_of_run:
-            decided[job_of_run[str(e["run"])]] = stamp(e["timestamp"])
-    total, detect, act = [], [], []
-    for job, at in done.items():
-        printed = float((stamps / job).read_text().strip())
-        total.append((at - printed) * 1000)
-        if job in decided:
-            detect.append((decided[job] - printed) * 1000)
-            act.append((at - decided[job]) * 1000)
-
+    total, detect, act = latencies(daemon_events(daemon_log), done, stamps)
     print(f"{len(total)} trials, daemon --poll {args.poll}, concurrency {args.concurrency}, "
           f"backend slurm ({subprocess.run(['sinfo', '-V'], capture_output=True, text=True).stdout.strip()})")
     for label, values in (("line written -> scancel returned", total),

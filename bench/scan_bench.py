@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.logwatch import CHUNK
-from supervisor.scanner import Catalogue
-from supervisor.tailer import TailState, keep_chunk_memory, read_new
+from supervisor.logs.follow import CHUNK
+from supervisor.logs.scanner import Catalogue
+from supervisor.logs.tailer import TailState, keep_chunk_memory, read_new
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 

@@ -29,7 +29,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING" || true
 .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING" || true
-.venv/bin/python -c "import supervisor.cli" # fail early if the install did not work
+.venv/bin/python -c "import supervisor.app.cli" # fail early if the install did not work
 
 .venv/bin/ruff check supervisor tests bench migrations
 .venv/bin/mypy

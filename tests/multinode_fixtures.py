@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from supervisor.service import Supervisor
+from supervisor.app.service import Supervisor
 
+from fakes import ManualClock
 from harness import Harness
-from notify_fixtures import ManualClock
 from slurm_fixtures import CLUSTER_SCRIPT, JOB_TIMEOUT_S, TrackingCluster, compute_nodes, require_slurm
 
 NODES_NEEDED = 4

@@ -16,43 +16,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.models import Base, Event, OutboxEntry, Run
-from supervisor.notify.outbox import enqueue
+from supervisor.notify.queue import enqueue
+from supervisor.store.db import open_database
+from supervisor.store.models import Event, OutboxEntry, Run
 
-T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
-
-
-class ManualClock:
-    """Injected time: tests move it instead of sleeping."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.t = start
-
-    def now(self) -> datetime:
-        return self.t
-
-    def advance(self, seconds: float) -> datetime:
-        self.t += timedelta(seconds=seconds)
-        return self.t
+from fakes import ManualClock
 
 
 def open_test_db(home: Path) -> sessionmaker[Session]:
-    """The project's migrated SQLite when available, else the ORM schema directly."""
-    try:
-        from supervisor.db import open_database
-    except ImportError:
-        engine = create_engine(f"sqlite:///{home / 'supervisor.db'}")
-        Base.metadata.create_all(engine)
-        return sessionmaker(engine, expire_on_commit=False)
+    """The project's SQLite, migrated by Alembic as in production: a schema the ORM alone would create
+    could differ from what the migrations build (defaults, indexes, constraints) without a test noticing."""
     return open_database(home)
 
 
@@ -264,8 +246,9 @@ def matrix_user(synapse: Any) -> MatrixUser:
 def _deliver_loop(home: Path) -> int:
     """Deliver until the outbox is empty. Prints ``SENT <id>`` right after the server accepted a
     message and then lingers before the DB is updated, so the test can kill it exactly there."""
+    from supervisor.domain.ports import StatefulChannel
     from supervisor.notify.config import build_channels
-    from supervisor.notify.outbox import DeliveryPolicy, StatefulChannel, deliver
+    from supervisor.notify.outbox import DeliveryPolicy, deliver
 
     pause = float(os.environ.get("PAUSE_AFTER_SEND_S", "0.2"))
     session_factory = open_test_db(home)
@@ -282,6 +265,9 @@ def _deliver_loop(home: Path) -> int:
 
         def send(self, message: Mapping[str, Any], *, idempotency_key: str) -> None:
             raise AssertionError("the test channel is stateful")
+
+        def close(self) -> None:
+            self.inner.close()
 
         def send_with_state(
             self, message: Mapping[str, Any], *, idempotency_key: str, state: Mapping[str, Any]

@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 
 from supervisor.backends.slurm_cli import SlurmCliCluster
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = REPO / "deploy" / "slurm-cluster.sh"
@@ -86,6 +86,19 @@ def compute_nodes() -> list[str]:
     done = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%N"], capture_output=True, text=True,
                           timeout=30, check=True)
     return sorted(set(done.stdout.split()))
+
+
+def one_node_partition() -> tuple[str, str]:
+    """A partition of exactly one node, and that node: ``bigmem`` on the multi-node cluster, the only
+    partition's node on the one-node cluster. Tests that need "the job's only possible node" submit there."""
+    # scontrol, not sinfo: sinfo splits a partition into one line per node state.
+    done = subprocess.run(["scontrol", "show", "partition", "--oneliner"], capture_output=True, text=True,
+                          timeout=30, check=True)
+    for line in done.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if fields.get("TotalNodes") == "1":
+            return fields["PartitionName"], fields["Nodes"]
+    raise AssertionError(f"no partition of one node on this cluster:\n{done.stdout}")
 
 
 def expand_hostlist(hostlist: str) -> list[str]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from supervisor import axolotl
-from supervisor.axolotl import AxolotlConfigError
+from supervisor.domain.errors import AxolotlConfigError
+from supervisor.stages import axolotl
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "example" / "llama-3.1-8B_1M_1epoch.yaml"
 

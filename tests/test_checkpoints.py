@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import checkpoints
-from supervisor.checkpoints import CheckpointError
+from supervisor.domain.errors import CheckpointError
+from supervisor.stages import checkpoints
 
 NOW = datetime(2024, 12, 28, 15, 44, 53, tzinfo=UTC)
 

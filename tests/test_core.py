@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from supervisor import core
-from supervisor.core import AttemptView, Observation, Outcome, RunView, StageView
-from supervisor.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
+from supervisor.domain import core
+from supervisor.domain.core import AttemptView, Observation, Outcome, RunView, StageView
+from supervisor.domain.core.observe import pending_since, reason_code
+from supervisor.domain.core.views import CANNOT_START, EXCLUSIONS_IN_THE_WAY
+from supervisor.domain.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def stage(
-    name: str = "train", state: StageState = StageState.RUNNING, attempts: tuple[AttemptView, ...] = (), **kw: object
+    name: str = "train", state: StageState = StageState.RUNNING, attempts: tuple[AttemptView, ...] = (), **kw: Any
 ) -> StageView:
     return StageView(
         name=name,
-        kind="script",
         state=state,
-        max_attempts=kw.pop("max_attempts", 3),  # type: ignore[arg-type]
+        max_attempts=kw.pop("max_attempts", 3),
         attempts=attempts,
         retry_backoff=kw.pop("retry_backoff", 0.0),
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def running(number: int = 1, **kw: object) -> AttemptView:
@@ -92,7 +94,7 @@ def test_job_exit_nonzero_is_crash() -> None:
     run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(),)),))
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 1))}, T0)
     update = actions[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["state"] is AttemptState.FAILED
+    assert isinstance(update, core.UpdateAttempt) and update.changes.state is AttemptState.FAILED
     assert "crashed" in [a.kind for a in actions if isinstance(a, core.Emit)]
 
 
@@ -106,7 +108,7 @@ def test_external_cancel_pauses_run() -> None:
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.CANCELLED))}, T0)
     assert core.SetRun(RunState.PAUSED) in actions
     update = actions[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["outcome"] is Outcome.OPERATOR
+    assert isinstance(update, core.UpdateAttempt) and update.changes.outcome is Outcome.OPERATOR
 
 
 def test_held_job_is_an_operator_action() -> None:
@@ -167,11 +169,11 @@ def test_training_completed_then_crash_counts_as_success() -> None:
         run, {("a", 1): Observation(matches=(match("training_completed", SignatureAction.FINISH),))}, T0
     )
     update = seen[0]
-    assert isinstance(update, core.UpdateAttempt) and update.changes["work_done"] is True
+    assert isinstance(update, core.UpdateAttempt) and update.changes.work_done is True
     run = RunView("r", RunState.RUNNING, (stage("a", attempts=(running(work_done=True),)),))
     actions = core.observe(run, {("a", 1): Observation(job=job(JobPhase.FAILED, 134))}, T0)
     first = actions[0]
-    assert isinstance(first, core.UpdateAttempt) and first.changes["state"] is AttemptState.SUCCEEDED
+    assert isinstance(first, core.UpdateAttempt) and first.changes.state is AttemptState.SUCCEEDED
 
 
 def test_stall_timeout_resubmits() -> None:
@@ -241,7 +243,7 @@ def test_job_first_seen_ended_keeps_its_start_time() -> None:
     )
     update = core.observe(run, {("a", 1): Observation(job=info)}, T0 + timedelta(seconds=30))[0]
     assert isinstance(update, core.UpdateAttempt)
-    assert update.changes["started_at"] == started and update.changes["state"] is AttemptState.SUCCEEDED
+    assert update.changes.started_at == started and update.changes.state is AttemptState.SUCCEEDED
 
 
 def test_stall_right_after_a_hang_hint_is_named_after_it() -> None:
@@ -253,3 +255,95 @@ def test_stall_right_after_a_hang_hint_is_named_after_it() -> None:
     assert any(
         isinstance(a, core.Emit) and a.kind == "stalled" and "extension_build_hang" in a.message for a in actions
     )
+
+
+# ---- jobs that can never start -----------------------------------------------------------------------
+
+def pending_job(reason: str, excluded: str | None = None) -> JobInfo:
+    return JobInfo(job_id="101", name="t", phase=JobPhase.PENDING, raw_state="PENDING", reason=reason,
+                   submit_time=T0, excluded_nodes=excluded)
+
+
+def waiting(reason: str, since: datetime = T0) -> AttemptView:
+    """Queued since T0, the cluster's reason first seen at ``since``."""
+    return AttemptView(1, AttemptState.QUEUED, job_id="101", submitted_at=T0, reason=reason, reason_since=since)
+
+
+def observe_pending(attempt: AttemptView, info: JobInfo, at: datetime, **kw: Any) -> list[core.Action]:
+    run = RunView("r", RunState.RUNNING, (stage("a", attempts=(attempt,), **kw),))
+    return core.observe(run, {("a", 1): Observation(job=info)}, at)
+
+
+def test_a_reason_that_never_clears_needs_attention_after_the_grace_period() -> None:
+    info = pending_job("PartitionNodeLimit")
+    assert kinds(observe_pending(waiting("PartitionNodeLimit"), info, T0 + timedelta(seconds=599))) == [
+        "UpdateAttempt"]
+    actions = observe_pending(waiting("PartitionNodeLimit"), info, T0 + timedelta(seconds=601))
+    assert kinds(actions) == ["UpdateAttempt", "Emit", "Cancel", "SetRun"]
+    emit, cancel, set_run = actions[1:]
+    assert isinstance(emit, core.Emit) and emit.kind == "needs_attention"
+    assert emit.data["pending_reason"] == "PartitionNodeLimit" and emit.data["queued_for_s"] == 601
+    assert cancel == core.Cancel("a", 1, Outcome.RESUBMIT, CANNOT_START)
+    assert isinstance(set_run, core.SetRun) and set_run.state is RunState.NEEDS_ATTENTION
+    assert set_run.reason is not None and "PartitionNodeLimit" in set_run.reason and "101" in set_run.reason
+
+
+def test_the_grace_period_is_the_stages() -> None:
+    info = pending_job("QOSMaxNodePerJobLimit")
+    at = T0 + timedelta(seconds=61)
+    assert kinds(observe_pending(waiting("QOSMaxNodePerJobLimit"), info, at)) == ["UpdateAttempt"]
+    assert "SetRun" in kinds(observe_pending(waiting("QOSMaxNodePerJobLimit"), info, at, pending_grace=60.0))
+
+
+def test_reasons_that_clear_by_waiting_stay_quiet() -> None:
+    for reason in ("Priority", "Resources", "BeginTime", "Dependency", "AssocGrpNodeLimit", "QOSMaxJobsPerUserLimit"):
+        actions = observe_pending(waiting(reason), pending_job(reason), T0 + timedelta(days=3))
+        assert kinds(actions) == ["UpdateAttempt"], reason
+
+
+def test_the_grace_period_counts_from_when_the_reason_appeared() -> None:
+    # Queued for a day behind other jobs, then a node it needs went away: the clock starts now, not at submit.
+    attempt = waiting("Priority")
+    info = pending_job("ReqNodeNotAvail, UnavailableNodes:n01")
+    assert kinds(observe_pending(attempt, info, T0 + timedelta(days=1))) == ["UpdateAttempt"]
+    assert pending_since(attempt, info, T0 + timedelta(days=1)) == T0 + timedelta(days=1)
+    # Another node list is the same reason: the clock keeps running.
+    later = waiting("ReqNodeNotAvail, UnavailableNodes:n01", since=T0 + timedelta(days=1))
+    other = pending_job("ReqNodeNotAvail,_UnavailableNodes:n02")
+    assert "SetRun" in kinds(observe_pending(later, other, T0 + timedelta(days=1, seconds=601)))
+
+
+def test_reason_codes_as_squeue_and_scontrol_print_them() -> None:
+    assert reason_code("ReqNodeNotAvail, UnavailableNodes:n[01-02]") == "ReqNodeNotAvail"
+    assert reason_code("ReqNodeNotAvail,_UnavailableNodes:n01") == "ReqNodeNotAvail"
+    assert reason_code("PartitionNodeLimit") == "PartitionNodeLimit"
+    assert reason_code(None) is None and reason_code("") is None
+
+
+def test_exclusions_in_the_way_resubmit_without_using_the_budget() -> None:
+    info = pending_job("ReqNodeNotAvail, UnavailableNodes:", excluded="n01")
+    actions = observe_pending(waiting("ReqNodeNotAvail"), info, T0 + timedelta(seconds=601))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, EXCLUSIONS_IN_THE_WAY) in actions
+    assert "SetRun" not in kinds(actions)
+    assert any(isinstance(a, core.Emit) and a.kind == "stalled" and "n01" in a.message for a in actions)
+    # The stage had one attempt to give and the cancelled one was not the run's fault: the next one goes.
+    ended = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.RESUBMIT, cause=EXCLUSIONS_IN_THE_WAY,
+                        ended_at=T0)
+    s = stage("a", attempts=(ended,), max_attempts=1)
+    assert s.used == 0
+    assert core.Submit("a", 2) in core.advance(RunView("r", RunState.RUNNING, (s,)), T0)
+
+
+def test_exclusions_do_not_explain_a_time_limit() -> None:
+    info = pending_job("PartitionTimeLimit", excluded="n01")
+    actions = observe_pending(waiting("PartitionTimeLimit"), info, T0 + timedelta(seconds=601))
+    assert core.Cancel("a", 1, Outcome.RESUBMIT, CANNOT_START) in actions
+    assert "SetRun" in kinds(actions)
+
+
+def test_a_run_that_needs_attention_submits_nothing() -> None:
+    ended = AttemptView(1, AttemptState.CANCELLED, outcome=Outcome.RESUBMIT, cause=CANNOT_START, ended_at=T0)
+    s = stage("a", attempts=(ended,), max_attempts=1)
+    assert core.advance(RunView("r", RunState.NEEDS_ATTENTION, (s,)), T0 + timedelta(hours=1)) == []
+    # `resume` is the person acting: the stage tries again, and the unstarted job used none of its budget.
+    assert core.Submit("a", 2) in core.advance(RunView("r", RunState.RUNNING, (s,)), T0 + timedelta(hours=1))

@@ -24,17 +24,19 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from supervisor import core
-from supervisor.abc import ClusterError
-from supervisor.service import Supervisor, _process_with_tag_alive
-from supervisor.types import JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.app.service import Supervisor
+from supervisor.app.submit import process_with_tag_alive
+from supervisor.domain import core
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, JobPhase, RunState, SubmitRequest
 
+from fakes import ManualClock, RecordingCluster
 from harness import TERMINAL, Harness, slurm_jobs_by_name
 from slurm_fixtures import controller_stopped, require_slurm
 
@@ -347,7 +349,7 @@ def test_controller_outage_is_unknown_not_failed(tmp_path: Path) -> None:
 # ---- a launcher that finishes while reconciliation asks the cluster ------------------------------
 
 
-class _RacingCluster:
+class _RacingCluster(RecordingCluster):
     """A cluster whose submit never answers, and where the job appears just after the lookup.
 
     Models an sbatch left running by a killed daemon that creates the job (and exits) while the
@@ -355,11 +357,9 @@ class _RacingCluster:
     the launcher is gone by the time the answer arrives.
     """
 
-    kind = "slurm"
-
     def __init__(self) -> None:
+        super().__init__()
         self.launcher: subprocess.Popen[bytes] | None = None
-        self.submitted: list[str] = []
         self.found: dict[str, JobInfo] = {}
         self.down = False  # the controller does not answer queries
         self.lookups = 0
@@ -367,9 +367,6 @@ class _RacingCluster:
     def submit(self, request: SubmitRequest) -> str:
         self.submitted.append(request.tag)
         raise ClusterError("sbatch did not answer", permanent=False)
-
-    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
-        return {}
 
     def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
         self.lookups += 1
@@ -382,25 +379,11 @@ class _RacingCluster:
             self.launcher = None
         return answer
 
-    def cancel(self, job_id: str) -> None:
-        pass
-
-
-class _ManualClock:
-    def __init__(self) -> None:
-        self.at = datetime.now(UTC)
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)
-
 
 @pytest.fixture
 def racing(tmp_path: Path) -> Iterator[tuple[Supervisor, _RacingCluster, str]]:
     cluster = _RacingCluster()
-    sv = Supervisor(tmp_path / "home", clusters={"slurm": cluster}, clock=_ManualClock())
+    sv = Supervisor(tmp_path / "home", clusters={"slurm": cluster}, clock=ManualClock(datetime.now(UTC)))
     script = tmp_path / "s.sbatch"
     script.write_text("#!/bin/bash\ntrue\n")
     spec = tmp_path / "spec.yaml"
@@ -422,7 +405,7 @@ def test_reconcile_does_not_resubmit_while_a_launcher_may_still_create_the_job(
     sv, cluster, tag = racing
     cluster.launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", tag])
     deadline = time.monotonic() + 30
-    while not _process_with_tag_alive(tag):  # a just-started process may show an empty cmdline for a moment
+    while not process_with_tag_alive(tag):  # a just-started process may show an empty cmdline for a moment
         assert time.monotonic() < deadline, "the launcher never showed its command line"
         time.sleep(0.01)
     sv.reconcile_submitting()
@@ -450,7 +433,7 @@ def test_reconcile_backs_off_while_the_controller_does_not_answer(
 ) -> None:
     sv, cluster, tag = racing
     clock = sv.clock
-    assert isinstance(clock, _ManualClock)
+    assert isinstance(clock, ManualClock)
     cluster.down = True
     sv.reconcile_submitting()
     assert cluster.lookups == 1

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.diagnose import diagnose, scan_file
-from supervisor.scanner import Catalogue, MilestoneKind, ScanAccumulator
-from supervisor.types import Progress
-from supervisor.watch import LogDirWatcher
+from supervisor.domain.types import Progress
+from supervisor.logs.diagnose import diagnose, scan_file
+from supervisor.logs.inotify import LogDirWatcher
+from supervisor.logs.scanner import Catalogue, MilestoneKind, ScanAccumulator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "logs" / "axolotl_train.log"
 WATCHDOG = (

@@ -10,12 +10,13 @@ are spliced into it where they happen in a real run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from supervisor.diagnose import diagnose, scan_file
-from supervisor.scanner import Catalogue, MilestoneKind, ScanAccumulator
-from supervisor.types import Progress
+from supervisor.domain.types import Progress
+from supervisor.logs.diagnose import diagnose, scan_file
+from supervisor.logs.scanner import Catalogue, MilestoneKind, ScanAccumulator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "logs" / "axolotl_real_train.log"
 WATCHDOG = (
@@ -55,8 +56,8 @@ def lines(*text: str) -> bytes:
     return "".join(line + "\n" for line in text).encode()
 
 
-def signatures(result: dict[str, object]) -> list[str]:
-    return [m["signature"] for m in result["matches"]]  # type: ignore[attr-defined, index]
+def signatures(result: dict[str, Any]) -> list[str]:
+    return [m["signature"] for m in result["matches"]]
 
 
 def before(data: bytes, marker: bytes) -> bytes:
@@ -95,7 +96,7 @@ def test_watchdog_mid_training_under_child_failed_error(tmp_path: Path, real: by
     result = diagnose(write(tmp_path, data), catalogue)
     assert signatures(result) == ["nccl_watchdog_timeout", "child_failed_error"]
     assert result["verdict"] == {"signature": "nccl_watchdog_timeout", "action": "resubmit"}
-    watchdog = result["matches"][0]  # type: ignore[index]
+    watchdog = result["matches"][0]
     assert watchdog["line"] == data.replace(b"\r", b"\n").split(b"\n").index(WATCHDOG.encode()) + 1
 
 
@@ -113,4 +114,4 @@ def test_nvcc_timeout_at_startup_glued_to_a_bar(tmp_path: Path, real: bytes, cat
     result = diagnose(write(tmp_path, data), catalogue)
     assert signatures(result) == ["nvcc_timeout"]
     assert result["verdict"] == {"signature": "nvcc_timeout", "action": "resubmit"}
-    assert result["matches"][0]["text"] == NVCC  # type: ignore[index]
+    assert result["matches"][0]["text"] == NVCC

@@ -14,10 +14,11 @@ from typing import TypeVar
 
 import pytest
 
-from supervisor.abc import ClusterError
 from supervisor.backends import default_backend, make_cluster
-from supervisor.backends.local import LocalCluster, expand_log_pattern, job_info_from_record
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.backends.local import LocalCluster, expand_log_pattern
+from supervisor.backends.local_records import job_info_from_record
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 from slurm_fixtures import wait_until as shared_wait_until
 
@@ -140,7 +141,7 @@ SUBMIT_AND_EXIT = """
 import sys
 from pathlib import Path
 from supervisor.backends.local import LocalCluster
-from supervisor.types import SubmitRequest
+from supervisor.domain.types import SubmitRequest
 state, work = Path(sys.argv[1]), Path(sys.argv[2])
 req = SubmitRequest(tag="run1-train-a1", workdir=work, log_pattern=str(work / "%j.log"), script=work / "job.sh")
 print(LocalCluster(state).submit(req))

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.models import ChannelState
 from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
 from supervisor.notify.matrix import CONTENT_KEY
+from supervisor.store.models import ChannelState
 
+from fakes import ManualClock
 from notify_fixtures import (
-    ManualClock,
     MatrixUser,
     add_event,
     clock,

@@ -13,18 +13,11 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.abc import NotifyError
-from supervisor.notify import (
-    DeliveryPolicy,
-    NotifyChannelSpec,
-    NotifyConfigError,
-    build_channels,
-    deliver,
-    send_test,
-    undelivered,
-)
+from supervisor.domain.errors import NotifyConfigError, NotifyError
+from supervisor.notify import DeliveryPolicy, NotifyChannelSpec, build_channels, deliver, send_test, undelivered
 
-from notify_fixtures import LoopbackReceiver, ManualClock, add_event, clock, db, make_run, receiver
+from fakes import ManualClock
+from notify_fixtures import LoopbackReceiver, add_event, clock, db, make_run, receiver
 
 __all__ = ["clock", "db", "receiver"]  # fixtures, re-exported for pytest
 

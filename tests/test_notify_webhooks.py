@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -12,14 +11,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.abc import Channel
-from supervisor.models import OutboxEntry
+from supervisor.domain.ports import Channel
 from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
-from supervisor.notify.outbox import idempotency_key
+from supervisor.notify.queue import idempotency_key
+from supervisor.store.models import OutboxEntry
 
+from fakes import DiesAfterSend, Interrupted, ManualClock
 from notify_fixtures import (
     LoopbackReceiver,
-    ManualClock,
     add_event,
     clock,
     db,
@@ -251,23 +250,6 @@ def test_backlog_after_outage_is_coalesced_per_consecutive_kind(
         ("resubmitted", 1),
     ]
     assert event_ids(receiver.accepted) == ids
-
-
-class Interrupted(BaseException):
-    """Stands for SIGKILL between the server's answer and the DB update."""
-
-
-class DiesAfterSend:
-    def __init__(self, inner: Channel) -> None:
-        self.kind = inner.kind
-        self.inner = inner
-        self.armed = True
-
-    def send(self, message: Mapping[str, Any], *, idempotency_key: str) -> None:
-        self.inner.send(message, idempotency_key=idempotency_key)
-        if self.armed:
-            self.armed = False
-            raise Interrupted
 
 
 def test_interrupted_send_is_resent_with_the_same_key(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervisor.logwatch import LogWatcher
-from supervisor.models import Attempt, Run, Stage
-from supervisor.remedies import clear_extension_locks
+from supervisor.domain.types import StageKind
+from supervisor.logs.follow import LogCursor, LogWatcher
+from supervisor.stages import kind_for
+from supervisor.stages.remedies import clear_extension_locks
 
 from harness import Harness
 
@@ -34,16 +35,17 @@ def test_only_the_build_locks_of_the_named_root_are_removed(tmp_path: Path) -> N
 
 def test_hint_lasts_while_the_log_stays_near_it(tmp_path: Path) -> None:
     log = tmp_path / "train-1-1.log"
-    run = Run(id=1, name="r", spec={})
-    attempt = Attempt(number=1, log_path=str(log), stage=Stage(name="s", kind="script", run=run))
     watcher = LogWatcher()
+    catalogue = watcher.catalogue(1, "r", [])
+    cursor = LogCursor(str(log), None, None)
 
     def read(text: str) -> dict[str, object] | None:
+        nonlocal cursor
         with log.open("a") as fh:
             fh.write(text)
-        seen = watcher.read(run, attempt)
-        attempt.log_tail, attempt.hang_hint = seen.tail["log_tail"], seen.tail["hang_hint"]
-        return attempt.hang_hint
+        seen = watcher.read(catalogue, cursor, kind_for(StageKind.SCRIPT).progress)
+        cursor = LogCursor(str(log), seen.tail["log_tail"], seen.tail["hang_hint"])
+        return cursor.hang_hint
 
     hint = read("[INFO] starting\nUsing /tmp/ext as PyTorch extensions root...\n")
     assert hint is not None and hint["signature"] == "extension_build_hang"

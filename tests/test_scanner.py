@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.scanner import MAX_TEXT, Catalogue, MilestoneKind, parse_metrics, required_literal
-from supervisor.types import LogMatch, Progress, SignatureAction
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
+from supervisor.logs.engines import required_literal
+from supervisor.logs.progress import parse_metrics
+from supervisor.logs.scanner import Catalogue, MilestoneKind
+from supervisor.logs.text import MAX_TEXT
 
 A = SignatureAction
 BAR = " 45%|████▌     | 450/1000 [12:34<15:20,  1.67s/it]"

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
 from pathlib import Path
 
-from supervisor import core
-from supervisor.service import Supervisor
-from supervisor.types import JobInfo, JobPhase, RunState, SubmitRequest
+from supervisor.app.service import Supervisor
+from supervisor.domain import core
+from supervisor.domain.types import EventKind, RunState
 
-
-class RecordingCluster:
-    kind = "slurm"
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def submit(self, request: SubmitRequest) -> str:
-        self.submitted.append(request.tag)
-        return str(100 + len(self.submitted))
-
-    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
-        return {}
-
-    def find_by_tag(self, tags: Collection[str]) -> dict[str, JobInfo]:
-        return {}
-
-    def cancel(self, job_id: str) -> None:
-        pass
+from fakes import RecordingCluster, RunningCluster
 
 
 def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
@@ -44,7 +25,7 @@ def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
 
 def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None:
     sv, cluster = registered(tmp_path)
-    decided = [core.SetRun(RunState.RUNNING), core.Submit("s", 1)]
+    decided: list[core.Action] = [core.SetRun(RunState.RUNNING), core.Submit("s", 1)]
     sv.pause("r")  # lands between the decision (run pending) and its application
     assert sv.apply(1, RunState.PENDING, decided, {}) is False
     assert cluster.submitted == []
@@ -54,7 +35,8 @@ def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None
 
 def test_decision_applies_when_nothing_moved(tmp_path: Path) -> None:
     sv, _ = registered(tmp_path)
-    assert sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Emit("note", "hello")], {}) is True
+    actions: list[core.Action] = [core.SetRun(RunState.RUNNING), core.Emit(EventKind.MILESTONE, "hello")]
+    assert sv.apply(1, RunState.PENDING, actions, {}) is True
     data = sv.show("r")
     assert data["state"] == "running" and data["events"][-1]["message"] == "hello"
 
@@ -72,7 +54,7 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
 
     from sqlalchemy import select
 
-    from supervisor.models import Attempt, Event
+    from supervisor.store.models import Attempt, Event
 
     sv, _ = registered(tmp_path)
     sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING), core.Submit("s", 1)], {})
@@ -81,7 +63,7 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
         attempt.started_at = sv.now() - timedelta(hours=2)
         attempt.nodes = "lrdn[01-04]"
         attempt.progress_step, attempt.progress_total = 250, 1000
-    sv.apply(1, RunState.RUNNING, [core.Emit("crashed", "boom", "s", 1, {"text": "NCCL error"})], {})
+    sv.apply(1, RunState.RUNNING, [core.Emit(EventKind.CRASHED, "boom", "s", 1, {"text": "NCCL error"})], {})
     with sv.sessions() as session:
         data = session.scalars(select(Event).where(Event.kind == "crashed")).one().data
     assert data["job_id"] == "101" and data["log_line"] == "NCCL error"
@@ -90,17 +72,12 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
     assert 21500 <= data["eta_s"] <= 21700  # 2 h for a quarter: 6 h to go
 
 
-class RunningCluster(RecordingCluster):
-    def poll(self, job_ids: Collection[str]) -> dict[str, JobInfo]:
-        return {j: JobInfo(job_id=j, name="", phase=JobPhase.RUNNING, nodes="node01") for j in job_ids}
-
-
 def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import select
 
-    from supervisor.models import Attempt
+    from supervisor.store.models import Attempt
 
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     (tmp_path / "venv" / "bin" / "activate").write_text("")

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.scanner import Catalogue
-from supervisor.signatures import SignatureError, load_builtin, load_specs, parse_signatures
-from supervisor.types import SignatureAction
+from supervisor.domain.errors import SignatureError
+from supervisor.domain.types import SignatureAction
+from supervisor.logs.catalogue import load_builtin, load_specs, parse_signatures
+from supervisor.logs.scanner import Catalogue
 
 A = SignatureAction
 

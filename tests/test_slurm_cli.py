@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.abc import ClusterError
 from supervisor.backends import job_environment
 from supervisor.backends.slurm_cli import (
     DEFAULT_TIMEOUT_S,
     SCONTROL_SHOW_JOBS,
     SQUEUE_FORMAT,
-    CommandResult,
     SlurmCliCluster,
     error_for,
     newest,
@@ -33,7 +31,9 @@ from supervisor.backends.slurm_cli import (
     sacct_argv,
     squeue_argv,
 )
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.ports import CommandResult
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 from slurm_fixtures import FIXTURES
 

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 
 from supervisor.backends.slurm_cli import SACCT_FORMAT, newest, parse_sacct, parse_scontrol_jobs, parse_squeue
-from supervisor.service import count_hosts
-from supervisor.types import JobInfo, JobPhase
+from supervisor.domain.hostlist import count_hosts
+from supervisor.domain.types import JobInfo, JobPhase
 
 from slurm_fixtures import FIXTURES
 

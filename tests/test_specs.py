@@ -4,60 +4,65 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from supervisor.durations import parse_duration
+from supervisor.domain.durations import parse_duration
+from supervisor.store.db import DB_NAME
 
 from harness import Harness
 
-GOOD_STAGE = "  - name: a\n    command: [echo, hi]\n"
-
-CORPUS = {
-    "bad_yaml": ("name: x\nstages: [\n", "invalid YAML"),
-    "not_a_mapping": ("- just\n- a list\n", "expected a YAML mapping"),
-    "unknown_top_key": ("name: x\nstagez: []\nstages:\n" + GOOD_STAGE, "stagez: unknown key"),
-    "unknown_stage_key": ("name: x\nstages:\n  - name: a\n    command: [echo]\n    retries: 3\n",
-                          "stages[0].retries: unknown key"),
-    "missing_script": ("name: x\nstages:\n  - name: a\n    script: nowhere.sbatch\n",
-                       "stages[0].script: file not found: nowhere.sbatch"),
-    "duplicate_stages": ("name: x\nstages:\n" + GOOD_STAGE + GOOD_STAGE, "duplicate stage name 'a'"),
-    "bad_name": ("name: 'has space'\nstages:\n" + GOOD_STAGE, "name: 'has space' is not a valid name"),
-    "long_name": ("name: " + "x" * 65 + "\nstages:\n" + GOOD_STAGE, "is not a valid name"),
-    "no_stages": ("name: x\nstages: []\n", "stages:"),
-    "script_and_command": ("name: x\nstages:\n  - name: a\n    command: [echo]\n    script: s.sh\n",
-                           "exactly one of `script`"),
-    "bad_duration": ("name: x\nstages:\n  - name: a\n    command: [echo]\n    stall_timeout: soon\n",
-                     "stages[0].stall_timeout"),
-    "bad_backend": ("name: x\nbackend: k8s\nstages:\n" + GOOD_STAGE, "backend:"),
-    "zero_attempts": ("name: x\nstages:\n  - name: a\n    command: [echo]\n    max_attempts: 0\n",
-                      "stages[0].max_attempts"),
-}
+BAD_SPECS = Path(__file__).parent / "data" / "bad_specs"
+EXPECTED: dict[str, dict[str, str]] = yaml.safe_load((BAD_SPECS / "expected.yaml").read_text())
 
 
 def db_digest(h: Harness) -> str:
     """Every row of every table, so any write shows, wherever SQLite keeps it (main file or WAL)."""
-    with sqlite3.connect(h.home / "supervisor.db") as conn:
+    path = h.home / DB_NAME
+    assert path.is_file(), path  # sqlite3.connect would create an empty one, and every digest would match
+    with sqlite3.connect(path) as conn:
         return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
 
 
-@pytest.mark.parametrize("case", sorted(CORPUS))
-def test_bad_spec_is_one_clear_line_and_changes_nothing(harness: Harness, case: str) -> None:
-    text, expected = CORPUS[case]
-    harness.submit({"name": "existing", "backend": "local", "stages": [{"name": "a", "command": ["true"]}]})
+@pytest.fixture(scope="module")
+def corpus_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, Path]]:
+    """One state directory with one run, and a copy of the corpus (symlinks kept) for every case."""
+    root = tmp_path_factory.mktemp("bad_specs")
+    h = Harness(root)
+    h.submit({"name": "existing", "backend": "local", "stages": [{"name": "a", "command": ["true"]}]})
+    copy = root / "specs"
+    shutil.copytree(BAD_SPECS, copy, symlinks=True)
+    try:
+        yield h, copy
+    finally:
+        h.close()
+
+
+def test_every_corpus_file_has_an_expected_line() -> None:
+    files = {p.name for p in BAD_SPECS.glob("*.yaml")} - {"expected.yaml"}
+    assert files == set(EXPECTED)
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_bad_spec_is_one_clear_line_and_changes_nothing(corpus_harness: tuple[Harness, Path], case: str) -> None:
+    harness, specs = corpus_harness
     before = db_digest(harness)
-    path = harness.root / f"{case}.yaml"
-    path.write_text(text)
+    path = specs / case
     result = harness.cli("submit", str(path), check=False)
     assert result.code == 2, result
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
-    assert str(path) in lines[0] and expected in lines[0]
-    assert "Traceback" not in result.err and result.out == ""
+    assert lines[0].startswith(f"error: {path}: "), lines[0]
+    assert EXPECTED[case]["error"] in lines[0], lines[0]
+    if "hidden" in EXPECTED[case]:
+        assert EXPECTED[case]["hidden"] not in result.err
+    assert result.out == ""
     assert db_digest(harness) == before
-    assert [r["name"] for r in harness.status()] == ["existing"]
 
 
 def test_axolotl_config_that_cannot_work_is_refused_at_submit(harness: Harness) -> None:
@@ -103,6 +108,12 @@ def test_bad_poll_duration_is_exit_2(harness: Harness) -> None:
     assert result.code == 2 and "often" in result.err
 
 
+def test_millisecond_durations_are_accepted_at_submit(harness: Harness) -> None:
+    spec = {"name": "ms", "backend": "local",
+            "stages": [{"name": "a", "command": ["true"], "stall_timeout": "1500ms", "retry_backoff": "500ms"}]}
+    assert harness.submit(spec) == "ms"
+
+
 def test_relative_paths_resolve_against_the_spec(harness: Harness, tmp_path: Path) -> None:
     sub = tmp_path / "specs"
     sub.mkdir()
@@ -114,12 +125,14 @@ def test_relative_paths_resolve_against_the_spec(harness: Harness, tmp_path: Pat
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400),
-                                               ("45", 45), (12, 12), ("1.5h", 5400)])
+                                               ("45", 45), (12, 12), ("1.5h", 5400), ("500ms", 0.5),
+                                               ("1m30s", 90), ("2s500ms", 2.5), (0, 0)])
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "soon", "10x", "-5", "h", "5m junk"])
-def test_bad_durations(text: str) -> None:
+@pytest.mark.parametrize("text", ["", "soon", "10x", "-5", "h", "5m junk", "inf", "nan", "-inf", "1e400",
+                                  float("inf"), float("nan"), -1, True])
+def test_bad_durations(text: str | float) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)

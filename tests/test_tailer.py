@@ -5,7 +5,7 @@ import random
 import tracemalloc
 from pathlib import Path
 
-from supervisor.tailer import TailState, count_lines, read_new
+from supervisor.logs.tailer import TailState, count_lines, read_new
 
 
 def _drain(state: TailState, max_bytes: int = 64, max_line: int = 1024 * 1024) -> tuple[TailState, bytes]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import transfer
-from supervisor.transfer import TransferError
+from supervisor.domain.errors import TransferError
+from supervisor.stages import rsync as transfer
 
 
 def test_argv() -> None:

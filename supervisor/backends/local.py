@@ -7,12 +7,19 @@ supervisor that is killed and restarted still learns the exit code of a job that
 
 The record is written only by the wrapper (once when the job started, once when it ended), always by
 atomic rename; a cancel request is a separate ``<id>.cancel`` file, so no two processes ever write the
-same file.
+same file. ``local-jobs/`` and everything in it is private to the user (0700, 0600): records hold the
+job's command line.
+
+A job that ends while the disk is full must not read as lost (and be run again): when the job starts, the
+wrapper also writes ``.<id>.json.end``, padded to hold the end record, and the end record overwrites those
+bytes in place before the rename, which needs no free space. Should even that fail, the wrapper exits with
+the job's own exit status, which the supervisor that started it reads instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -23,13 +30,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Collection, Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from supervisor.abc import ClusterError
 from supervisor.backends import job_environment
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.backends.local_records import (
+    PRIVATE_DIR,
+    PRIVATE_FILE,
+    boot_id,
+    job_info_from_record,
+    now_iso,
+    open_private,
+    proc_start_ticks,
+    process_matches,
+    read_json,
+    reserve_end,
+    write_end,
+    write_json,
+)
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.types import JobInfo, SubmitRequest
 
 DEFAULT_KILL_GRACE_S = 10.0  # SIGTERM -> SIGKILL, as SLURM's KillWait
 _WRAPPER_POLL_S = 0.2
@@ -73,48 +93,6 @@ def job_argv(request: SubmitRequest) -> list[str]:
     raise ClusterError(f"job {request.tag}: neither a script nor a command", permanent=True)
 
 
-def job_info_from_record(record: Mapping[str, Any], *, alive: bool) -> JobInfo:
-    """How a record reads; ``alive`` says whether its wrapper still runs."""
-    ended = record.get("end_time") is not None
-    exit_code: int | None = record.get("exit_code")
-    reason: str | None = None
-    if ended:
-        if record.get("cancelled"):
-            phase, raw = JobPhase.CANCELLED, "CANCELLED"
-        elif exit_code == 0:
-            phase, raw = JobPhase.COMPLETED, "COMPLETED"
-        else:
-            phase, raw = JobPhase.FAILED, "FAILED"
-    elif alive:
-        phase, raw = JobPhase.RUNNING, "RUNNING"
-    else:
-        # The wrapper died without writing an end (killed, or the machine rebooted): the job's
-        # outcome is unknowable, and waiting longer will not change that.
-        phase, raw, reason = JobPhase.FAILED, "LOST", "wrapper ended without recording an exit code"
-    excluded = record.get("excluded") or ()
-    return JobInfo(
-        job_id=str(record["id"]),
-        name=str(record.get("tag", "")),
-        phase=phase,
-        raw_state=raw,
-        exit_code=exit_code if ended else None,
-        nodes=record.get("host"),
-        reason=reason,
-        submit_time=_parse_iso(record.get("submit_time")),
-        start_time=_parse_iso(record.get("start_time")),
-        end_time=_parse_iso(record.get("end_time")),
-        excluded_nodes=",".join(excluded) or None,
-    )
-
-
-def _parse_iso(value: object) -> datetime | None:
-    return datetime.fromisoformat(value) if isinstance(value, str) else None
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
 def _id_number(job_id: str) -> int:
     match = _ID_RE.fullmatch(job_id)
     return int(match.group(1)) if match else -1
@@ -123,58 +101,7 @@ def _id_number(job_id: str) -> int:
 # --- process identity (pids get reused; a record must not mistake a stranger for its wrapper) ----
 
 
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _process_matches(pid: object, start_ticks: object, boot_id: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if Path("/proc/self/stat").exists():
-        return boot_id == _boot_id() and start_ticks is not None and _proc_start_ticks(pid) == start_ticks
-    try:  # no /proc: the best available answer
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by somebody else
-    return True
-
-
 # --- record files ------------------------------------------------------------------------------
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # --- the wrapper (runs detached, outlives the supervisor) --------------------------------------
@@ -192,8 +119,8 @@ def wrapper_main(spec_json: str) -> int:
     record.update(
         host=socket.gethostname().split(".")[0],
         wrapper_pid=os.getpid(),
-        wrapper_start_ticks=_proc_start_ticks(os.getpid()),
-        boot_id=_boot_id(),
+        wrapper_start_ticks=proc_start_ticks(os.getpid()),
+        boot_id=boot_id(),
     )
     cancel_signalled = False
 
@@ -208,9 +135,9 @@ def wrapper_main(spec_json: str) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     if cancel_path.exists():  # cancelled before it could start (submit gave up waiting for us)
-        now = _now_iso()
+        now = now_iso()
         record.update(start_time=None, end_time=now, exit_code=None, signal=None, cancelled=True)
-        _write_json(record_path, record)
+        write_json(record_path, record)
         return 0
     log_path = Path(spec["log"])
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,19 +152,27 @@ def wrapper_main(spec_json: str) -> int:
             )
         except OSError as exc:
             log.write(f"supervisor local backend: cannot start {spec['argv'][0]}: {exc}\n".encode())
-            now = _now_iso()
+            now = now_iso()
             record.update(start_time=now, end_time=now, exit_code=127, signal=None, cancelled=False)
-            _write_json(record_path, record)
+            write_json(record_path, record)
             return 0
     record.update(
         pid=child.pid,
         pgid=child.pid,
-        pid_start_ticks=_proc_start_ticks(child.pid),
-        start_time=_now_iso(),
+        pid_start_ticks=proc_start_ticks(child.pid),
+        start_time=now_iso(),
         end_time=None,
         exit_code=None,
     )
-    _write_json(record_path, record)
+    try:
+        write_json(record_path, record)
+    except OSError:
+        # Unrecorded, nobody could ever learn how it ended or cancel it: it must not run.
+        _signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+    with contextlib.suppress(OSError):  # without the reserve, the exit status below is what is left
+        reserve_end(record_path, record)
 
     term_sent_at: float | None = None
     killed = False
@@ -257,13 +192,18 @@ def wrapper_main(spec_json: str) -> int:
     # Like the end of a SLURM batch step: nothing the job left behind keeps running.
     _signal_group(child.pid, signal.SIGKILL)
     returncode = child.wait()
+    exit_code = 128 - returncode if returncode < 0 else returncode
     record.update(
-        end_time=_now_iso(),
-        exit_code=128 - returncode if returncode < 0 else returncode,
+        end_time=now_iso(),
+        exit_code=exit_code,
         signal=-returncode if returncode < 0 else None,
         cancelled=cancel_signalled or cancel_path.exists(),
     )
-    _write_json(record_path, record)
+    try:
+        write_end(record_path, record)
+    except OSError:
+        # Nowhere left to write: the supervisor that started this wrapper reads its exit status instead.
+        return exit_code
     return 0
 
 
@@ -292,12 +232,15 @@ class LocalCluster:
         self._kill_grace = kill_grace
         self._start_timeout = start_timeout
         self._base_env = base_env
-        # Wrappers started by this object, kept only so their exits get reaped (no zombies).
+        # Wrappers started by this object, kept so their exits get reaped (no zombies) and read: a wrapper
+        # that could not write the end record exits with the job's exit status.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._wrapper_exits: dict[str, tuple[int, str]] = {}  # job id -> (exit status, when it was seen)
 
     def submit(self, request: SubmitRequest) -> str:
         argv = job_argv(request)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        self._dir.chmod(PRIVATE_DIR)  # also a directory made before records were private
         job_id = self._next_id()
         record_path = self._record_path(job_id)
         spec = {
@@ -307,7 +250,7 @@ class LocalCluster:
             "log": expand_log_pattern(request.log_pattern, job_id, request.tag),
             "workdir": str(request.workdir),
             "excluded": list(request.exclude),
-            "submit_time": _now_iso(),
+            "submit_time": now_iso(),
             "record": str(record_path),
             "cancel": str(self._cancel_path(job_id)),
             "kill_grace": self._kill_grace,
@@ -316,7 +259,7 @@ class LocalCluster:
         package_root = str(Path(__file__).resolve().parents[2])
         wrapper_log = self._dir / f"{job_id}.wrapper.log"
         try:
-            with open(wrapper_log, "wb") as err:
+            with open(open_private(wrapper_log, os.O_WRONLY | os.O_TRUNC), "wb") as err:
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-c", _WRAPPER_BOOT, package_root, json.dumps(spec)],
                     env=env,
@@ -361,17 +304,17 @@ class LocalCluster:
         return found
 
     def cancel(self, job_id: str) -> None:
-        record = _read_json(self._record_path(job_id))
+        record = read_json(self._record_path(job_id))
         if record is None:
             # Submitted but its wrapper has not recorded a start yet: leave the request where the
             # wrapper looks before starting the job. Never for an id not handed out, or a future
             # job would be born cancelled.
             if 0 < _id_number(job_id) <= self._last_id():
-                self._cancel_path(job_id).touch()
+                self._cancel_path(job_id).touch(PRIVATE_FILE)
             return
         if record.get("end_time") is not None:
             return
-        self._cancel_path(job_id).touch()
+        self._cancel_path(job_id).touch(PRIVATE_FILE)
         pgid = record.get("pgid")
         if not isinstance(pgid, int):
             return
@@ -379,7 +322,7 @@ class LocalCluster:
             # The wrapper notices the cancel file too and escalates to SIGKILL after the grace
             # period; signalling now just saves its polling delay.
             _signal_group(pgid, signal.SIGTERM)
-        elif _process_matches(record.get("pid"), record.get("pid_start_ticks"), record.get("boot_id")):
+        elif process_matches(record.get("pid"), record.get("pid_start_ticks"), record.get("boot_id")):
             # Nobody is left to escalate, so do not be gentle.
             _signal_group(pgid, signal.SIGKILL)
 
@@ -397,24 +340,30 @@ class LocalCluster:
         if not self._dir.is_dir():
             return
         for path in self._dir.glob("L*.json"):
-            record = _read_json(path)
+            record = read_json(path)
             if record is not None:
                 yield path.stem, record
 
     def _info(self, job_id: str) -> JobInfo | None:
         path = self._record_path(job_id)
-        record = _read_json(path)
+        record = read_json(path)
         if record is None:
             return None
         if record.get("end_time") is None and not self._wrapper_alive(record):
             # It may have written its end and exited between the read and the check.
-            record = _read_json(path) or record
+            record = read_json(path) or record
         alive = record.get("end_time") is None and self._wrapper_alive(record)
+        if record.get("end_time") is None and not alive and job_id in self._wrapper_exits:
+            exit_code, seen_at = self._wrapper_exits[job_id]
+            ended = {**record, "end_time": seen_at, "exit_code": exit_code,
+                     "cancelled": self._cancel_path(job_id).exists()}
+            reason = "end record could not be written (disk full?); exit status from the wrapper"
+            return dataclasses.replace(job_info_from_record(ended, alive=False), reason=reason)
         return job_info_from_record(record, alive=alive)
 
     @staticmethod
     def _wrapper_alive(record: Mapping[str, Any]) -> bool:
-        return _process_matches(record.get("wrapper_pid"), record.get("wrapper_start_ticks"), record.get("boot_id"))
+        return process_matches(record.get("wrapper_pid"), record.get("wrapper_start_ticks"), record.get("boot_id"))
 
     def _last_id(self) -> int:
         try:
@@ -425,11 +374,12 @@ class LocalCluster:
 
     def _next_id(self) -> str:
         counter = self._dir / "counter"
-        with open(self._dir / "counter.lock", "a+b") as lock:
+        with open(open_private(self._dir / "counter.lock", os.O_RDWR), "r+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             number = self._last_id() + 1
             tmp = counter.with_name(".counter.tmp")
-            tmp.write_text(f"{number}\n")
+            with open(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as fh:
+                fh.write(f"{number}\n")
             tmp.replace(counter)
         return f"L{number}"
 
@@ -451,3 +401,5 @@ class LocalCluster:
         for job_id, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[job_id]
+                if proc.returncode >= 0:  # a wrapper killed by a signal says nothing about its job
+                    self._wrapper_exits[job_id] = (proc.returncode, now_iso())

@@ -16,14 +16,13 @@ import os
 import re
 import subprocess
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Protocol
 
-from supervisor.abc import ClusterError
 from supervisor.backends import job_environment
-from supervisor.types import JobInfo, JobPhase, SubmitRequest
+from supervisor.domain.errors import ClusterError
+from supervisor.domain.ports import CommandResult, CommandRunner
+from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
 
 # Name last: it is the only field a user controls, so it may contain the separator.
 SQUEUE_FORMAT = "%i|%T|%r|%N|%x|%V|%S|%e|%j"
@@ -75,6 +74,16 @@ _TRANSIENT_MARKERS = (
     "Protocol authentication error",  # munged down or restarting
     "backup controller in standby mode",
     "MaxSubmitJob",  # QOS/association submit limits: wait until some jobs end
+)
+
+# sbatch's refusals of a node selection no node set can satisfy (slurm/src/common/slurm_errno.c:
+# ESLURM_REQUESTED_NODE_CONFIG_UNAVAILABLE, ESLURM_REQUESTED_PART_CONFIG_UNAVAILABLE, ESLURM_INVALID_NODE_COUNT,
+# ESLURM_INVALID_NODE_NAME). sbatch 22.05 prints them as "sbatch: error: Batch job submission failed: <text>".
+NODE_SELECTION_REFUSALS = (
+    "Requested node configuration is not available",
+    "Requested partition configuration not available now",
+    "Node count specification invalid",
+    "Invalid node name specified",
 )
 
 # scancel on a job that already ended (or was purged) is what idempotent cancel expects.
@@ -310,6 +319,11 @@ def error_for(argv: Sequence[str], returncode: int, stderr: str) -> ClusterError
     return ClusterError(f"{argv[0]}: {message}", permanent=not transient)
 
 
+def refuses_node_selection(message: str) -> bool:
+    """Whether sbatch refused a job because no set of nodes can satisfy what it asked for."""
+    return any(marker in message for marker in NODE_SELECTION_REFUSALS)
+
+
 def newest(jobs: Iterable[JobInfo]) -> dict[str, JobInfo]:
     """Per job name, the most recently submitted job (a resubmitted tag shows up more than once)."""
     by_name: dict[str, JobInfo] = {}
@@ -325,24 +339,6 @@ def _id_key(job_id: str) -> tuple[int, ...]:
 
 
 # --- the one place that runs processes ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-    ) -> CommandResult: ...
 
 
 def run_command(
@@ -390,7 +386,7 @@ class SlurmCliCluster:
         self,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
-        runner: Runner = run_command,
+        runner: CommandRunner = run_command,
         base_env: Mapping[str, str] | None = None,
         tz: tzinfo | None = None,
     ) -> None:
@@ -402,6 +398,8 @@ class SlurmCliCluster:
 
     def submit(self, request: SubmitRequest) -> str:
         argv = render_sbatch_argv(request)
+        # sbatch exports its own environment to the job (--export=ALL unless told otherwise), and an
+        # --export list takes its values from there too: what is not in `env` cannot reach the job.
         env = job_environment(request, os.environ if self._base_env is None else self._base_env)
         result = self._run(argv, env=env, cwd=request.workdir, timeout=self._timeout)
         if result.returncode != 0:

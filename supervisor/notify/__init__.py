@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from supervisor.notify.config import (
-    DEFAULT_ON,
-    NotifyChannelSpec,
-    NotifyConfigError,
-    build_channels,
-)
-from supervisor.notify.outbox import (
-    DeliveryPolicy,
-    DeliveryReport,
-    RunChannels,
-    deliver,
-    enqueue,
-    send_test,
-    undelivered,
-)
+from supervisor.domain.errors import NotifyConfigError
+from supervisor.notify.config import DEFAULT_ON, NotifyChannelSpec, build_channels
+from supervisor.notify.outbox import DeliveryPolicy, DeliveryReport, RunChannels, deliver, send_test
+from supervisor.notify.queue import enqueue, undelivered
 from supervisor.notify.render import render
 
 __all__ = [

@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 
-from supervisor.abc import NotifyError
+from supervisor.domain.errors import NotifyError
 
 # Bodies of error answers are quoted in last_error to help the operator; keep them short.
 _BODY_QUOTE = 200

@@ -15,27 +15,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-from supervisor.abc import Channel
+from supervisor.domain.errors import NotifyConfigError
+from supervisor.domain.ports import Channel
+from supervisor.domain.types import EventKind
 
-DEFAULT_ON: tuple[str, ...] = (
-    "crashed",
-    "resubmitted",
-    "stalled",
-    "stage_succeeded",
-    "succeeded",
-    "failed",
-    "paused_by_operator",
-    "retries_exhausted",
+DEFAULT_ON: tuple[EventKind, ...] = (
+    EventKind.CRASHED,
+    EventKind.RESUBMITTED,
+    EventKind.STALLED,
+    EventKind.STAGE_SUCCEEDED,
+    EventKind.SUCCEEDED,
+    EventKind.FAILED,
+    EventKind.PAUSED_BY_OPERATOR,
+    EventKind.RETRIES_EXHAUSTED,
+    EventKind.NEEDS_ATTENTION,
 )
 
 ChannelKind = Literal["slack", "matrix", "webhook"]
 _KIND_NAMES: tuple[ChannelKind, ...] = ("slack", "matrix", "webhook")
-_EVENT_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class NotifyConfigError(ValueError):
-    """A channel cannot be built (missing variable or file). The message names it, never its value."""
 
 
 class _Strict(BaseModel):
@@ -148,9 +146,10 @@ class NotifyChannelSpec(_Strict):
     def _on_kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("`on` must name at least one event kind (leave it out for the default list)")
-        bad = [k for k in value if not _EVENT_KIND.match(k)]
+        known = {k.value for k in EventKind}
+        bad = [k for k in value if k not in known]
         if bad:
-            raise ValueError(f"not an event kind: {', '.join(map(repr, bad))}")
+            raise ValueError(f"not an event kind: {', '.join(map(repr, bad))} (known: {', '.join(sorted(known))})")
         return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")
@@ -182,6 +181,22 @@ def parse_specs(specs: Sequence[NotifyChannelSpec | Mapping[str, Any]]) -> list[
     return [s if isinstance(s, NotifyChannelSpec) else NotifyChannelSpec.model_validate(s) for s in specs]
 
 
+def secret_env_names(specs: Sequence[NotifyChannelSpec | Mapping[str, Any]]) -> tuple[str, ...]:
+    """The environment variables the ``notify:`` entries read secrets (or secret URLs) from, in order.
+
+    A job never needs them, so the backends remove them from its environment (``SubmitRequest.unset_env``).
+    """
+    names: list[str] = []
+    for spec in parse_specs(specs):
+        channel = getattr(spec, spec.kind)
+        # Every `*_env` field names a variable holding a secret: a channel added later is covered too.
+        for field in type(channel).model_fields:
+            value = getattr(channel, field)
+            if field.endswith("_env") and isinstance(value, str):
+                names.append(value)
+    return tuple(dict.fromkeys(names))
+
+
 def channel_key(index: int, spec: NotifyChannelSpec) -> str:
     return f"{index}:{spec.kind}"
 
@@ -208,6 +223,16 @@ def resolve_secret(
     return None
 
 
+def _required_secret(
+    name: str, env_var: str | None, file: Path | None, env: Mapping[str, str], *, where: str
+) -> str:
+    value = resolve_secret(name, env_var, file, env, where=where)
+    if value is None:
+        # The spec model asks for one of the two; a channel must never be built around a missing secret.
+        raise NotifyConfigError(f"{where}: {name} is not configured (set {name}_env or {name}_file)")
+    return value
+
+
 def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -> Channel:
     # Imported here so that parsing a spec does not pull in the HTTP stack.
     from supervisor.notify.matrix import MatrixChannel
@@ -217,13 +242,11 @@ def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -
     where = f"notify[{index}].{spec.kind}"
     if spec.slack is not None:
         c = spec.slack
-        url = resolve_secret("webhook_url", c.webhook_url_env, c.webhook_url_file, env, where=where)
-        assert url is not None
+        url = _required_secret("webhook_url", c.webhook_url_env, c.webhook_url_file, env, where=where)
         return SlackChannel(url, timeout_s=c.timeout_s, name=channel_key(index, spec))
     if spec.matrix is not None:
         m = spec.matrix
-        token = resolve_secret("access_token", m.access_token_env, m.access_token_file, env, where=where)
-        assert token is not None
+        token = _required_secret("access_token", m.access_token_env, m.access_token_file, env, where=where)
         return MatrixChannel(
             m.homeserver,
             m.room_id,
@@ -232,10 +255,10 @@ def build_channel(index: int, spec: NotifyChannelSpec, env: Mapping[str, str]) -
             threads=m.threads,
             name=channel_key(index, spec),
         )
-    assert spec.webhook is not None
+    if spec.webhook is None:
+        raise NotifyConfigError(f"{where}: none of slack, matrix or webhook is configured")
     w = spec.webhook
-    url = w.url or resolve_secret("url", w.url_env, w.url_file, env, where=where)
-    assert url is not None
+    url = w.url or _required_secret("url", w.url_env, w.url_file, env, where=where)
     secret = resolve_secret("secret", w.secret_env, w.secret_file, env, where=where)
     return WebhookChannel(
         url, secret=secret, timeout_s=w.timeout_s, name=channel_key(index, spec), url_is_secret=w.url is None
@@ -266,4 +289,5 @@ __all__ = [
     "channel_key",
     "parse_specs",
     "resolve_secret",
+    "secret_env_names",
 ]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from supervisor.abc import NotifyError
+from supervisor.domain.errors import NotifyError
 from supervisor.notify._http import HttpSender
 from supervisor.notify.render import facts, listed_items
 

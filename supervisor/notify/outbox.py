@@ -23,41 +23,27 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from supervisor.abc import Channel, Clock, NotifyError
-from supervisor.models import ChannelState, Event, OutboxEntry, Run
-from supervisor.notify.config import NotifyChannelSpec, NotifyConfigError, build_channels, parse_specs
+from supervisor.domain.errors import NotifyConfigError, NotifyError
+from supervisor.domain.policy import Backoff
+from supervisor.domain.ports import Channel, Clock, StatefulChannel
+from supervisor.notify.config import build_channels
+from supervisor.notify.queue import DELIVERED, FAILED, META, PENDING, idempotency_key, meta_of
 from supervisor.notify.render import coalesce, render
+from supervisor.store.models import ChannelState, OutboxEntry, Run
 
 log = structlog.get_logger(__name__)
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
 
-_META = "_outbox"  # delivery bookkeeping inside the payload; stripped before rendering
 _SCAN = 500  # entries of one (run, channel) looked at per step: more than any sane batch
-
-
-@runtime_checkable
-class StatefulChannel(Protocol):
-    """A channel that needs memory per (run, channel) across restarts, e.g. the Matrix thread root."""
-
-    kind: str
-
-    def send_with_state(
-        self, message: Mapping[str, Any], *, idempotency_key: str, state: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        """Send; return the new state to store, or None when unchanged. Raises NotifyError."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -83,62 +69,6 @@ class DeliveryReport:
 
 ChannelMap = Mapping[int, Mapping[str, Channel]] | Callable[[int], Mapping[str, Channel]]
 SessionFactory = Callable[[], Session]
-
-
-def idempotency_key(entry: OutboxEntry) -> str:
-    """Stable per entry across retries and restarts, distinct across databases.
-
-    The creation time (microseconds) is part of it so that a fresh database reusing entry ids cannot
-    hit the homeserver's txnId memory and have a new message swallowed as a repeat.
-    """
-    stamp = int(entry.created_at.timestamp() * 1_000_000)
-    return f"sv-{entry.run_id}-{entry.id}-{stamp:x}"
-
-
-def enqueue(
-    session: Session,
-    run: Run,
-    event: Event,
-    notify_specs: Sequence[NotifyChannelSpec | Mapping[str, Any]],
-) -> list[OutboxEntry]:
-    """Add one outbox entry per channel that wants ``event.kind``. Call inside the event's transaction.
-
-    ``event`` must be flushed (its id known). The payload is the rendered neutral message; it holds
-    event data only, never channel secrets (those are resolved at send time).
-    """
-    if event.id is None:
-        raise ValueError("enqueue needs a flushed event (event.id is None)")
-    data = dict(event.data or {})
-    job_id = data.get("job_id")
-    entries: list[OutboxEntry] = []
-    for index, spec in enumerate(parse_specs(notify_specs)):
-        if not spec.wants(event.kind):
-            continue
-        message = render(
-            event.kind,
-            run.name,
-            event.stage,
-            event.attempt,
-            None if job_id is None else str(job_id),
-            event.message,
-            data,
-        )
-        message["events"] = [
-            {"id": event.id, "at": event.at.isoformat(), "stage": event.stage, "attempt": event.attempt}
-        ]
-        entry = OutboxEntry(
-            run_id=run.id,
-            channel=f"{index}:{spec.kind}",
-            event_id=event.id,
-            kind=event.kind,
-            payload=message,
-            state=PENDING,
-            tries=0,
-            created_at=event.at,
-        )
-        session.add(entry)
-        entries.append(entry)
-    return entries
 
 
 class RunChannels:
@@ -216,13 +146,8 @@ def _note_config_problem(
         s.execute(query.values(last_error=message))
 
 
-def _meta(entry: OutboxEntry) -> dict[str, Any]:
-    meta = entry.payload.get(_META)
-    return dict(meta) if isinstance(meta, dict) else {}
-
-
 def _message(entry: OutboxEntry) -> dict[str, Any]:
-    return {k: v for k, v in entry.payload.items() if k != _META}
+    return {k: v for k, v in entry.payload.items() if k != META}
 
 
 def _held_until(s: Session, head: OutboxEntry, window: timedelta) -> datetime | None:
@@ -243,6 +168,18 @@ def _held_until(s: Session, head: OutboxEntry, window: timedelta) -> datetime | 
     return head.created_at + window
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """One batch written down and its try counted (phase 1), ready to go out."""
+
+    head_id: int
+    tries: int
+    ids: list[int]
+    message: dict[str, Any]
+    idempotency_key: str
+    state: dict[str, Any] | None  # the channel's stored state; None for a channel without any
+
+
 def _step(
     session_factory: SessionFactory,
     run_id: int,
@@ -253,9 +190,23 @@ def _step(
     report: DeliveryReport,
 ) -> bool:
     """Try the oldest pending entry of (run, channel). True when the queue may go on."""
-    window = timedelta(seconds=policy.coalesce_window_s)
-    now = clock.now()
     # Phase 1: pick the batch, write it down and count the try, before any byte goes out.
+    claim = _claim(session_factory, run_id, key, channel, clock.now(), policy)
+    if claim is None:
+        return False
+    bound = log.bind(run_id=run_id, channel=key, outbox_id=claim.head_id, kind=claim.message.get("kind"),
+                     tries=claim.tries)
+    # Phase 2: the network, outside any transaction (SQLite holds its write lock per transaction).
+    outcome, new_state = _send(channel, claim, bound)
+    # Phase 3: record the outcome.
+    return _record(session_factory, run_id, key, channel, claim, outcome, new_state, clock.now(), policy, report,
+                   bound)
+
+
+def _claim(
+    session_factory: SessionFactory, run_id: int, key: str, channel: Channel, now: datetime, policy: DeliveryPolicy
+) -> _Claim | None:
+    """The batch headed by the oldest pending entry, with its try counted; None when nothing is due."""
     with session_factory() as s, s.begin():
         pending = s.scalars(
             select(OutboxEntry)
@@ -264,36 +215,14 @@ def _step(
             .limit(_SCAN)
         ).all()
         if not pending:
-            return False
+            return None
         head = pending[0]
         if head.next_try_at is not None and head.next_try_at > now:
-            return False
-        meta = _meta(head)
-        if "batch" not in meta:
-            held = _held_until(s, head, window)
-            if held is not None and now < held:
-                head.next_try_at = held
-                return False
-            followers: list[OutboxEntry] = []
-            for entry in pending[1:]:
-                if (
-                    entry.kind != head.kind
-                    or entry.created_at - head.created_at > window
-                    or len(followers) + 1 >= policy.max_batch
-                ):
-                    break
-                followers.append(entry)
-            meta["batch"] = [e.id for e in followers]
-            head.payload = {**head.payload, _META: meta}
-            for entry in followers:
-                entry.payload = {**entry.payload, _META: {"merged_into": head.id}}
-                entry.next_try_at = None
-        by_id = {e.id: e for e in pending}
-        followers = [by_id[i] for i in meta["batch"] if i in by_id]
-        if len(followers) != len(meta["batch"]):
-            missing = set(meta["batch"]) - set(by_id)
-            followers += list(s.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(missing))).all())
-            followers.sort(key=lambda e: e.id)
+            return None
+        meta = meta_of(head)
+        if "batch" not in meta and not _write_batch(s, head, pending, meta, now, policy):
+            return None
+        followers = _batch_members(s, pending, meta["batch"])
         claimed = s.execute(
             update(OutboxEntry)
             .where(OutboxEntry.id == head.id, OutboxEntry.tries == head.tries, OutboxEntry.state == PENDING)
@@ -302,44 +231,102 @@ def _step(
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult at runtime
             # Another sender took it between our read and our write: leave the queue to it.
-            return False
-        tries = head.tries + 1
-        head_id = head.id
-        ids = [head_id, *(e.id for e in followers)]
-        message = coalesce([_message(head), *(_message(e) for e in followers)])
-        key_ = idempotency_key(head)
+            return None
         state: dict[str, Any] | None = None
         if isinstance(channel, StatefulChannel):
             row = s.scalars(
                 select(ChannelState).where(ChannelState.run_id == run_id, ChannelState.channel == key)
             ).first()
             state = dict(row.data) if row is not None else {}
+        return _Claim(
+            head_id=head.id,
+            tries=head.tries + 1,
+            ids=[head.id, *(e.id for e in followers)],
+            message=coalesce([_message(head), *(_message(e) for e in followers)]),
+            idempotency_key=idempotency_key(head),
+            state=state,
+        )
 
-    # Phase 2: the network, outside any transaction (SQLite holds its write lock per transaction).
-    outcome: NotifyError | None = None
-    new_state: dict[str, Any] | None = None
-    bound = log.bind(run_id=run_id, channel=key, outbox_id=head_id, kind=message.get("kind"), tries=tries)
+
+def _write_batch(
+    s: Session, head: OutboxEntry, pending: Sequence[OutboxEntry], meta: dict[str, Any], now: datetime,
+    policy: DeliveryPolicy,
+) -> bool:
+    """Fold the entries right behind ``head`` into its batch and store it (``meta["batch"]``).
+
+    False when ``head`` continues an announced burst whose window is still open: it waits for it."""
+    window = timedelta(seconds=policy.coalesce_window_s)
+    held = _held_until(s, head, window)
+    if held is not None and now < held:
+        head.next_try_at = held
+        return False
+    followers: list[OutboxEntry] = []
+    for entry in pending[1:]:
+        if (
+            entry.kind != head.kind
+            or entry.created_at - head.created_at > window
+            or len(followers) + 1 >= policy.max_batch
+        ):
+            break
+        followers.append(entry)
+    meta["batch"] = [e.id for e in followers]
+    head.payload = {**head.payload, META: meta}
+    for entry in followers:
+        entry.payload = {**entry.payload, META: {"merged_into": head.id}}
+        entry.next_try_at = None
+    return True
+
+
+def _batch_members(s: Session, pending: Sequence[OutboxEntry], batch: list[int]) -> list[OutboxEntry]:
+    """The entries of a stored batch, in id order, also those beyond the ``_SCAN`` rows read."""
+    by_id = {e.id: e for e in pending}
+    followers = [by_id[i] for i in batch if i in by_id]
+    if len(followers) != len(batch):
+        missing = set(batch) - set(by_id)
+        followers += list(s.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(missing))).all())
+        followers.sort(key=lambda e: e.id)
+    return followers
+
+
+def _send(
+    channel: Channel, claim: _Claim, bound: structlog.typing.FilteringBoundLogger
+) -> tuple[NotifyError | None, dict[str, Any] | None]:
+    """Send the claimed batch: (None, new channel state or None) when it went out, (the error, None) else."""
     try:
-        if state is not None and isinstance(channel, StatefulChannel):
-            new_state = channel.send_with_state(message, idempotency_key=key_, state=state)
-        else:
-            channel.send(message, idempotency_key=key_)
+        if claim.state is not None and isinstance(channel, StatefulChannel):
+            return None, channel.send_with_state(claim.message, idempotency_key=claim.idempotency_key,
+                                                 state=claim.state)
+        channel.send(claim.message, idempotency_key=claim.idempotency_key)
+        return None, None
     except NotifyError as exc:
-        outcome = exc
+        return exc, None
     except Exception as exc:  # a bug in a channel must not kill the sender loop
         # Only the type: the text of an arbitrary exception may quote a secret-bearing URL.
-        outcome = NotifyError(f"{channel.kind}: unexpected {type(exc).__name__}", permanent=False)
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else None
         bound.error("notify.channel_bug", error_type=type(exc).__name__, where=where)
+        return NotifyError(f"{channel.kind}: unexpected {type(exc).__name__}", permanent=False), None
 
-    # Phase 3: record the outcome.
-    done = clock.now()
+
+def _record(
+    session_factory: SessionFactory,
+    run_id: int,
+    key: str,
+    channel: Channel,
+    claim: _Claim,
+    outcome: NotifyError | None,
+    new_state: dict[str, Any] | None,
+    done: datetime,
+    policy: DeliveryPolicy,
+    report: DeliveryReport,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> bool:
+    """Write down how the try went. True when the queue may go on (delivered, or given up on)."""
     with session_factory() as s, s.begin():
-        rows = {e.id: e for e in s.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(ids))).all()}
-        head = rows[head_id]
+        rows = {e.id: e for e in s.scalars(select(OutboxEntry).where(OutboxEntry.id.in_(claim.ids))).all()}
+        head = rows[claim.head_id]
         if outcome is None:
             for entry in rows.values():
                 entry.state = DELIVERED
@@ -354,16 +341,16 @@ def _step(
             return True
         error = _scrubbed(channel, str(outcome))
         report.errors.append(error)
-        give_up = outcome.permanent or (policy.max_tries is not None and tries >= policy.max_tries)
+        give_up = outcome.permanent or (policy.max_tries is not None and claim.tries >= policy.max_tries)
         if give_up:
             for entry in rows.values():
                 entry.state = FAILED
                 entry.next_try_at = None
-                entry.last_error = error if entry.id == head_id else f"merged into #{head_id}: {error}"
+                entry.last_error = error if entry.id == claim.head_id else f"merged into #{claim.head_id}: {error}"
             report.failed += len(rows)
             bound.warning("notify.failed", error=error, permanent=outcome.permanent)
             return True
-        delay = _backoff(policy, tries, outcome.retry_after)
+        delay = _backoff(policy, claim.tries, outcome.retry_after)
         head.next_try_at = done + timedelta(seconds=delay)
         head.last_error = error
         report.retrying += 1
@@ -374,7 +361,7 @@ def _step(
 def _backoff(policy: DeliveryPolicy, tries: int, retry_after: float | None) -> float:
     if retry_after is not None:
         return max(0.0, retry_after)
-    return float(min(policy.max_delay_s, policy.base_delay_s * 2 ** max(0, tries - 1)))
+    return Backoff(base=policy.base_delay_s, cap=policy.max_delay_s).delay(max(1, tries))
 
 
 def _scrubbed(channel: Channel, text: str) -> str:
@@ -388,26 +375,6 @@ def _save_state(s: Session, run_id: int, key: str, data: dict[str, Any]) -> None
         s.add(ChannelState(run_id=run_id, channel=key, data=data))
     else:
         row.data = data
-
-
-def undelivered(session: Session, run_id: int) -> list[dict[str, Any]]:
-    """Entries of a run not (yet) delivered, oldest first, for ``supervisor show`` (JSON-ready)."""
-    rows = session.scalars(
-        select(OutboxEntry).where(OutboxEntry.run_id == run_id, OutboxEntry.state != DELIVERED).order_by(OutboxEntry.id)
-    ).all()
-    return [
-        {
-            "id": e.id,
-            "channel": e.channel,
-            "kind": e.kind,
-            "state": e.state,
-            "tries": e.tries,
-            "last_error": e.last_error,
-            "next_try_at": e.next_try_at.isoformat() if e.next_try_at is not None else None,
-            "merged_into": _meta(e).get("merged_into"),
-        }
-        for e in rows
-    ]
 
 
 def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> dict[str, str | None]:
@@ -431,26 +398,12 @@ def send_test(run: Run | str, channels: Mapping[str, Channel], clock: Clock) -> 
     return results
 
 
-def close_channels(channels: Iterable[Channel]) -> None:
-    for channel in channels:
-        close = getattr(channel, "close", None)
-        if callable(close):
-            close()
-
-
 __all__ = [
-    "DELIVERED",
-    "FAILED",
-    "PENDING",
     "ChannelMap",
     "DeliveryPolicy",
     "DeliveryReport",
     "RunChannels",
     "StatefulChannel",
-    "close_channels",
     "deliver",
-    "enqueue",
-    "idempotency_key",
     "send_test",
-    "undelivered",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from supervisor.domain.types import EventKind
+
 MESSAGE_VERSION = 1
 
 # How many individual events a coalesced message lists before "and N more".
@@ -16,27 +18,30 @@ MAX_LISTED_ITEMS = 10
 _MAX_LOG_LINE = 500
 _MAX_MESSAGE = 1500
 
-_SEVERITY = {
-    "crashed": "error",
-    "failed": "error",
-    "retries_exhausted": "error",
-    "stalled": "warning",
-    "resubmitted": "warning",
-    "paused_by_operator": "warning",
-    "stage_succeeded": "success",
-    "succeeded": "success",
+# Keyed by event kind; "test" is `supervisor notify test`, which is no event of a run.
+_SEVERITY: dict[str, str] = {
+    EventKind.CRASHED: "error",
+    EventKind.FAILED: "error",
+    EventKind.RETRIES_EXHAUSTED: "error",
+    EventKind.STALLED: "warning",
+    EventKind.RESUBMITTED: "warning",
+    EventKind.PAUSED_BY_OPERATOR: "warning",
+    EventKind.NEEDS_ATTENTION: "error",
+    EventKind.STAGE_SUCCEEDED: "success",
+    EventKind.SUCCEEDED: "success",
     "test": "info",
 }
 
-_VERB = {
-    "crashed": "crashed",
-    "resubmitted": "was resubmitted",
-    "stalled": "stalled",
-    "stage_succeeded": "stage succeeded",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "paused_by_operator": "was paused by an operator",
-    "retries_exhausted": "ran out of retries",
+_VERB: dict[str, str] = {
+    EventKind.CRASHED: "crashed",
+    EventKind.RESUBMITTED: "was resubmitted",
+    EventKind.STALLED: "stalled",
+    EventKind.STAGE_SUCCEEDED: "stage succeeded",
+    EventKind.SUCCEEDED: "succeeded",
+    EventKind.FAILED: "failed",
+    EventKind.PAUSED_BY_OPERATOR: "was paused by an operator",
+    EventKind.RETRIES_EXHAUSTED: "ran out of retries",
+    EventKind.NEEDS_ATTENTION: "needs attention",
     "test": "test notification",
 }
 

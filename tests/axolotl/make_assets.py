@@ -30,7 +30,7 @@ WORDS = [
 ]  # fmt: skip
 
 
-def conversations(n: int, rng: random.Random) -> list[dict[str, object]]:
+def conversations(n: int, rng: random.Random) -> list[dict[str, list[dict[str, str]]]]:
     rows = []
     for i in range(n):
         question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
@@ -55,7 +55,7 @@ def main(out: Path) -> None:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
 
-    texts = [m["content"] for row in rows for m in row["conversations"]]  # type: ignore[index]
+    texts = [m["content"] for row in rows for m in row["conversations"]]
     texts += ["<|user|>", "<|assistant|>", "<|system|>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

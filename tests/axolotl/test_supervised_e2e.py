@@ -36,7 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
-from supervisor import checkpoints, transfer
+from supervisor.stages import checkpoints
+from supervisor.stages import rsync as transfer
 
 from harness import Harness, slurm_jobs_by_name
 from slurm_fixtures import require_slurm

@@ -1,0 +1,1 @@
+"""The application: the service façade, the tick's steps, the daemon and the CLI."""

@@ -1,0 +1,150 @@
+"""The tick's observe step: what the logs and the stage kinds say about each live attempt of one run.
+
+The rows are copied into plain values first and the session is closed: reading logs, checking
+checkpoints and asking the cluster about one job happen with no database session open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from supervisor.app.clusters import Clusters
+from supervisor.app.contexts import context_for
+from supervisor.domain import core
+from supervisor.domain.errors import ClusterError, SupervisorError
+from supervisor.domain.types import AttemptState, JobInfo
+from supervisor.logs.follow import LogCursor, LogWatcher, Seen
+from supervisor.stages import Kind, StageContext
+from supervisor.store.models import Attempt, Run
+from supervisor.store.readmodels import attempts_of
+from supervisor.store.repository import Repository, attempt_view
+
+log = structlog.get_logger("supervisor")
+
+# Enough of a log's end for the kinds' success lines (axolotl's and the transfer's).
+LOG_TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One pass's answers: per backend the jobs it knows (None: it did not answer), and per job id
+    how many successful polls in a row did not find it."""
+
+    infos: Mapping[str, Mapping[str, JobInfo] | None]
+    missing: Mapping[str, int]
+
+
+NO_POLL = PollResult(infos={}, missing={})
+
+
+@dataclass(frozen=True)
+class _Live:
+    """One live attempt, copied out of its row."""
+
+    attempt_id: int
+    view: core.AttemptView
+    stage: str
+    backend: str
+    cursor: LogCursor
+    kind: Kind
+    ctx: StageContext
+
+
+@dataclass(frozen=True)
+class RunObservation:
+    view: core.RunView
+    observations: Mapping[tuple[str, int], core.Observation]
+    tails: Mapping[int, Mapping[str, Any]]  # log offsets to store with the reaction
+
+
+class Observer:
+    def __init__(self, repo: Repository, clusters: Clusters, logs: LogWatcher) -> None:
+        self.repo = repo
+        self.clusters = clusters
+        self.logs = logs
+
+    def snapshot(self, run_id: int) -> tuple[core.RunView, list[_Live], Any] | None:
+        with self.repo.sessions() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                return None
+            entries = run.spec.get("signatures") or []
+            catalogue = self.logs.catalogue(run.id, run.name, entries)
+            view = self.repo.view(session, run, self.logs.resubmit_limits(run.id, run.name, entries))
+            live = [self._live(run, stage.name, a) for stage in run.stages for a in attempts_of(session, stage)
+                    if a.state in (AttemptState.QUEUED.value, AttemptState.RUNNING.value)]
+        return view, live, catalogue
+
+    def _live(self, run: Run, stage: str, a: Attempt) -> _Live:
+        kind, ctx = context_for(run, stage, a.number)
+        return _Live(attempt_id=a.id, view=attempt_view(a), stage=stage, backend=a.backend,
+                     cursor=LogCursor(a.log_path, a.log_tail, a.hang_hint), kind=kind, ctx=ctx)
+
+    def observe(self, run_id: int, polled: PollResult) -> RunObservation | None:
+        snap = self.snapshot(run_id)
+        if snap is None:
+            return None
+        view, live, catalogue = snap
+        observations: dict[tuple[str, int], core.Observation] = {}
+        tails: dict[int, Mapping[str, Any]] = {}
+        for item in live:
+            seen = self.logs.read(catalogue, item.cursor, item.kind.progress)
+            job = self._job(item, polled, seen)
+            if seen.tail:
+                tails[item.attempt_id] = seen.tail
+            hint = seen.hang_hint if seen.tail else item.cursor.hang_hint
+            finished, succeeded, saved = self._kind_checks(item, job)
+            observations[(item.stage, item.view.number)] = core.Observation(
+                job=job, missing_polls=polled.missing.get(item.view.job_id or "", 0), matches=seen.matches,
+                progress=seen.progress, new_output=seen.new_output, work_finished=finished, succeeded=succeeded,
+                saved_mark=saved,
+                hang_hint=str(hint["signature"]) if hint else None)
+        return RunObservation(view=view, observations=observations, tails=tails)
+
+    def _job(self, item: _Live, polled: PollResult, seen: Seen) -> JobInfo | None:
+        infos = polled.infos.get(item.backend)
+        job = infos.get(item.view.job_id or "") if infos is not None else None
+        if job is None and item.backend not in polled.infos and core.wants_job_nodes(item.view, seen.matches):
+            # A log wake-up read a fault on "the job's nodes" before any poll learnt them: ask for this job.
+            job = self._poll_one(item.backend, item.view.job_id)
+        return job
+
+    def _poll_one(self, backend: str, job_id: str | None) -> JobInfo | None:
+        if job_id is None:
+            return None
+        try:
+            return self.clusters(backend).poll([job_id]).get(job_id)
+        except ClusterError as exc:
+            log.warning("poll_failed", backend=backend, error=str(exc), job_id=job_id)
+            return None
+
+    @staticmethod
+    def _kind_checks(item: _Live, job: JobInfo | None) -> tuple[bool, bool | None, str | None]:
+        """Is the stage's work finished, did it succeed (once its job ended), when did it last save."""
+        try:
+            finished = item.kind.work_finished(item.ctx)
+            saved = item.kind.last_saved(item.ctx)
+            succeeded = None
+            if job is not None and job.phase.finished:
+                succeeded = item.kind.succeeded(item.ctx, job.exit_code, _log_tail(item.cursor.path))
+        except (SupervisorError, OSError) as exc:
+            log.warning("kind_check_failed", run=item.ctx.run, stage=item.stage, error=str(exc))
+            return False, None, None
+        return finished, succeeded, saved
+
+
+def _log_tail(path: str | None) -> str:
+    if not path or "%j" in path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,153 @@
+"""What the CLI shows people: Rich tables built from the library's plain data (the same dicts ``--json`` prints).
+
+Every piece of text that came from outside (log lines, run and stage names, paths, error messages) enters a
+renderable as a ``Text``, never as a markup string: Rich reads ``[...]`` as a tag, so a log line such as
+``[rank0]:[E1228 ...]`` would be swallowed and ``[/home/user/.cache/...]`` would raise a MarkupError.
+
+Names are what people type next (``supervisor show NAME``): their columns never truncate; the other
+columns fold. Timestamps are shown in the local time zone (``TZ`` is honoured) with the zone's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Column, Table
+from rich.text import Text
+
+from supervisor.domain.durations import format_duration
+
+EVENTS_SHOWN = 30
+
+
+def text(value: object) -> Text:
+    """``value`` as literal text: no markup, no highlighting."""
+    return Text("" if value is None else str(value))
+
+
+def local_time(iso: str | None) -> str:
+    """An ISO 8601 timestamp as local time with the zone, e.g. ``2025-01-31 14:02:07 CET``.
+
+    A timestamp without an offset is UTC (how the database has always stored them).
+    """
+    if not iso:
+        return ""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    local = moment.astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or local.strftime("%z"))
+
+
+def _name(header: str, values: Iterable[object]) -> Column:
+    # min_width: Rich shrinks every column of a too-wide table, and an ellipsis in a name is a name nobody
+    # can type; the folding columns give the room instead.
+    return _fixed(header, (str(v or "") for v in values))
+
+
+def _fixed(header: str, values: Iterable[str]) -> Column:
+    # A fixed width: Rich never collapses such a column to fit (it folds the others instead).
+    return Column(header, no_wrap=True, width=max([len(header), *(len(v) for v in values)]))
+
+
+def _fold(header: str) -> Column:
+    return Column(header, overflow="fold")
+
+
+def _table(columns: Sequence[Column], rows: Iterable[Sequence[object]]) -> Table:
+    # No outer edge and no vertical rules: in an 80-column pane the room goes to the text.
+    table = Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
+    for row in rows:
+        table.add_row(*(text(cell) for cell in row))
+    return table
+
+
+def _progress(progress: Mapping[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    return f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
+
+
+def _waiting(row: Mapping[str, Any]) -> str:
+    """What a queued job waits for, and since when: the pending reason and the time queued."""
+    reason, queued = row.get("pending_reason"), row.get("queued_for_s")
+    if not reason:
+        return ""
+    return f"waiting: {reason}" + (f" {format_duration(queued)}" if queued is not None else "")
+
+
+def status_table(rows: Sequence[Mapping[str, Any]]) -> Group:
+    """One row per run; a run that needs attention gets a line saying why under the table."""
+    updated = [local_time(r["updated_at"]) for r in rows]
+    columns = [_name("run", (r["name"] for r in rows)), _fold("state"), _name("stage", (r["stage"] for r in rows)),
+               _fold("attempt"), _fold("job"), _fold("progress"), _fixed("updated", updated)]
+    table = _table(columns, (
+        (r["name"], r["state"], r["stage"] or "", r["attempt"] or "", r["job_id"] or "",
+         _progress(r["progress"]) or _waiting(r), when)
+        for r, when in zip(rows, updated, strict=True)
+    ))
+    notes = [Text(f"{r['name']} needs attention: {r['reason']}") for r in rows
+             if r["state"] == "needs_attention" and r.get("reason")]
+    return Group(table, *notes)
+
+
+def show_renderables(data: Mapping[str, Any], *, all_events: bool = False) -> list[RenderableType]:
+    """The run's header line, its stages and attempts, its events (the last 30 unless ``all_events``),
+    excluded nodes and undelivered notifications."""
+    header = Text.assemble((str(data["name"]), "bold"), f"  {data['state']}  ({data['backend']}, {data['workdir']})")
+    if data.get("reason"):
+        header.append(f"\nreason: {data['reason']}")
+    stages = data["stages"]
+    attempt_rows: list[Sequence[object]] = []
+    for s in stages:
+        if not s["attempts"]:
+            attempt_rows.append((s["name"], s["state"], "", "", "", "", "", ""))
+        attempt_rows.extend(
+            (s["name"], s["state"], a["number"], a["job_id"] or "", a["state"],
+             "" if a["exit_code"] is None else a["exit_code"], a["nodes"] or _waiting(a), a["cause"] or "")
+            for a in s["attempts"])
+    out: list[RenderableType] = [header, _table(
+        [_name("stage", (s["name"] for s in stages)), _fold("state"), _fold("attempt"), _fold("job"),
+         _fold("attempt state"), _fold("exit"), _fold("nodes"), _fold("cause")], attempt_rows)]
+
+    events = data["events"]
+    shown = events if all_events else events[-EVENTS_SHOWN:]
+    at = [local_time(e["at"]) for e in shown]
+    out.append(_table(
+        [_fixed("at", at), _fold("kind"), _name("stage", (e["stage"] for e in shown)), _fold("attempt"),
+         _fold("message")],
+        ((when, e["kind"], e["stage"] or "", "" if e.get("attempt") is None else e["attempt"], e["message"])
+         for e, when in zip(shown, at, strict=True))))
+    if len(shown) < len(events):
+        out.append(Text(f"last {len(shown)} of {len(events)} events; --all for every one"))
+
+    excluded = data.get("excluded_nodes") or []
+    if excluded:
+        until = [local_time(x["until"]) for x in excluded]
+        out.append(_table([_name("excluded node", (x["node"] for x in excluded)), _fold("reason"),
+                           _fixed("until", until)],
+                          ((x["node"], x["reason"], when) for x, when in zip(excluded, until, strict=True))))
+
+    notifications = data.get("notifications") or []
+    if notifications:
+        out.append(_table(
+            [_fold("notification"), _fold("channel"), _fold("kind"), _fold("state"), _fold("tries"),
+             _fold("last error")],
+            ((n["id"], n["channel"], n["kind"], n["state"], n["tries"], n["last_error"] or "") for n in notifications)))
+    return out
+
+
+def diagnose_renderables(result: Mapping[str, Any]) -> list[RenderableType]:
+    table = _table([_fold("line"), _fold("signature"), _fold("action"), _fold("text")],
+                   ((m["line"], m["signature"], m["action"], m["text"]) for m in result["matches"]))
+    verdict = result["verdict"]
+    line = f"{verdict['signature']} -> {verdict['action']}" if verdict else "no known failure"
+    return [table, Text("verdict: " + line)]

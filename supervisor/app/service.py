@@ -1,0 +1,274 @@
+"""The supervisor as the CLI and the daemon see it: a thin façade over the tick's steps and the commands.
+
+One :meth:`Supervisor.tick` = reconcile interrupted submissions -> poll the clusters (one batched query
+per backend) -> for each active run: observe (logs + stage-kind checks) -> decide (the pure core) ->
+act. The outbox is flushed by the daemon on its own schedule, so a slow endpoint never delays a reaction.
+Each run is handled inside its own error boundary: an unexpected error becomes that run's
+``needs_attention`` state and an event, never a tick that fails for everyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from supervisor.app.clusters import Clusters
+from supervisor.app.contexts import context_for
+from supervisor.app.observe import NO_POLL, Observer, PollResult
+from supervisor.app.poll import Poller
+from supervisor.app.reconcile import reconcile_submitting
+from supervisor.app.submit import Submitter
+from supervisor.domain import core
+from supervisor.domain.errors import UserError
+from supervisor.domain.ports import Clock, Cluster, SystemClock
+from supervisor.domain.spec import load_spec
+from supervisor.domain.types import RunState
+from supervisor.logs.follow import LogCursor, LogWatcher
+from supervisor.notify import RunChannels, deliver, send_test
+from supervisor.notify.queue import pending_count
+from supervisor.store import readmodels
+from supervisor.store.db import open_database
+from supervisor.store.models import Attempt, Run, Stage
+from supervisor.store.repository import ACTIVE, POLLED, Effect, Repository
+
+log = structlog.get_logger("supervisor")
+_ACTIVE = [s.value for s in ACTIVE]
+_POLLED = [s.value for s in POLLED]
+
+
+@dataclass(frozen=True)
+class TickReport:
+    runs: int
+    actions: int
+
+
+class Supervisor:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        clock: Clock | None = None,
+        clusters: Mapping[str, Cluster] | None = None,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> None:
+        self.home = home
+        self.clock: Clock = clock or SystemClock()
+        self.sessions = sessions or open_database(home)
+        self.repo = Repository(self.sessions, self.clock)
+        self.clusters = Clusters(home, self.clock, clusters)
+        self.logs = LogWatcher()
+        self.channels = RunChannels(self.sessions)
+        self.submitter = Submitter(self.repo, self.clusters)
+        self.poller = Poller(self.repo, self.clusters)
+        self.observer = Observer(self.repo, self.clusters, self.logs)
+        # Runs whose handling raised and that could not even be set aside: skipped until this tick number.
+        self._quarantine: dict[int, tuple[int, int]] = {}
+        self._ticks = 0
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def cluster(self, backend: str) -> Cluster:
+        return self.clusters(backend)
+
+    # ---- the tick --------------------------------------------------------------------------------
+
+    def tick(self, *, poll: bool = True) -> TickReport:
+        """One pass over every active run. ``poll=False`` (a log changed) reads logs but asks no cluster."""
+        self._ticks += 1
+        polled = NO_POLL
+        if poll:
+            self.reconcile_submitting()
+            polled = self.poll()
+        run_ids = [r for r in self.repo.active_run_ids() if self._quarantine.get(r, (0, 0))[0] <= self._ticks]
+        count = 0
+        for run_id in run_ids:
+            count += self._guarded(run_id, polled)
+        return TickReport(runs=len(run_ids), actions=count)
+
+    def reconcile_submitting(self) -> None:
+        """Attempts left in SUBMITTING by a crash: adopt the job if it exists, else submit it now."""
+        reconcile_submitting(self.repo, self.clusters, self.submitter)
+
+    def poll(self) -> PollResult:
+        """One batched query per backend for all live jobs."""
+        return self.poller.poll()
+
+    def step_run(self, run_id: int, polled: PollResult) -> int:
+        """Observe, decide and act for one run; returns how many actions were applied."""
+        seen = self.observer.observe(run_id, polled)
+        if seen is None:
+            return 0
+        actions = core.observe(seen.view, seen.observations, self.clock.now())
+        if not self.apply(run_id, seen.view.state, actions, seen.tails):
+            return 0
+        total = len(actions)
+        # Closing a stage can start the next one: advance until nothing more is due (bounded by the stages).
+        for _ in range(len(seen.view.stages) + 2):
+            view = self._view(run_id)
+            actions = core.advance(view, self.clock.now())
+            if not actions or not self.apply(run_id, view.state, actions):
+                break
+            total += len(actions)
+        return total
+
+    def apply(
+        self, run_id: int, decided_in: RunState, actions: Sequence[core.Action],
+        tails: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> bool:
+        """Record the decision (conditional on ``decided_in``), then carry out its side effects in order."""
+        if not actions and not tails:
+            return True
+        effects = self.repo.apply(run_id, decided_in, actions, tails, self._backends(run_id, actions))
+        if effects is None:
+            return False
+        self._carry_out(effects)
+        return True
+
+    def _carry_out(self, effects: Sequence[Effect]) -> list[str]:
+        cancelled = []
+        for effect in effects:
+            if effect.kind == "cancel":
+                job_id = self.submitter.cancel(effect.attempt_id)
+                if job_id is not None:
+                    cancelled.append(job_id)
+            else:
+                self.submitter.submit(effect.attempt_id)
+        return cancelled
+
+    def _guarded(self, run_id: int, polled: PollResult) -> int:
+        """One run's error boundary: its failure is its own, logged once, and never spins."""
+        try:
+            count = self.step_run(run_id, polled)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("run_failed_in_tick", run_id=run_id, error=reason)
+            try:
+                self.repo.needs_attention(run_id, f"the supervisor failed while handling this run ({reason})")
+            except Exception:
+                # Not even that could be written (disk full, database locked): leave the run alone for a
+                # while, doubling the pause each time, instead of failing on every pass.
+                failures = self._quarantine.get(run_id, (0, 0))[1] + 1
+                self._quarantine[run_id] = (self._ticks + min(2**failures, 64), failures)
+                log.warning("run_quarantined", run_id=run_id, ticks=min(2**failures, 64))
+            return 0
+        self._quarantine.pop(run_id, None)
+        return count
+
+    def _view(self, run_id: int) -> core.RunView:
+        with self.sessions() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            return self.repo.view(session, run)
+
+    def _backends(self, run_id: int, actions: Sequence[core.Action]) -> dict[str, str]:
+        """The backend each newly submitted stage uses: its kind may run on the supervisor's own host."""
+        submits = [a.stage for a in actions if isinstance(a, core.Submit)]
+        if not submits:
+            return {}
+        with self.sessions() as session:
+            run = session.get(Run, run_id)
+            assert run is not None
+            backends = {}
+            for stage in submits:
+                kind, ctx = context_for(run, stage, 1)
+                backends[stage] = "local" if kind.runs_locally(ctx.spec) else run.backend
+            return backends
+
+    def flush_outbox(self) -> None:
+        try:
+            deliver(self.sessions, self.channels, self.clock)
+        except Exception:
+            # Notifications must never stop the supervision itself; the outbox keeps what was not sent.
+            log.exception("outbox_flush_failed")
+
+    def pending_notifications(self) -> int:
+        """Outbox entries that are neither delivered nor given up on."""
+        with self.sessions() as session:
+            return pending_count(session)
+
+    def logs_grew(self) -> bool:
+        """Whether a live attempt's log changed since it was read: the daemon's test before a log-only pass
+        where inotify sees nothing (Lustre, GPFS, NFS). One read of the offsets, one ``stat`` per log."""
+        with self.sessions() as session:
+            cursors = [LogCursor(path, tail, None) for path, tail in session.execute(
+                select(Attempt.log_path, Attempt.log_tail).join(Stage).join(Run)
+                .where(Attempt.state.in_(_POLLED), Run.state.in_(_ACTIVE)))]
+        return self.logs.grown(cursors)
+
+    def live_log_dirs(self) -> set[Path]:
+        return {w / "logs" for w in self.repo.live_workdirs()}
+
+    # ---- commands (CLI) --------------------------------------------------------------------------
+
+    def register(self, spec_path: Path, backend_default: str) -> str:
+        spec = load_spec(spec_path)
+        self.repo.register(spec, spec_path, spec.backend or backend_default)
+        return spec.name
+
+    def pause(self, name: str) -> bool:
+        """True if the run was paused now, False if it already was."""
+        return self._command(name, core.pause)
+
+    def resume(self, name: str) -> bool:
+        """True if the run was resumed now, False if it was not paused."""
+        return self._command(name, core.resume)
+
+    def retry(self, name: str) -> None:
+        self._command(name, core.retry)
+
+    def cancel_run(self, name: str) -> list[str]:
+        """Cancel a run and its live jobs. Returns the job ids cancelled."""
+        run_id, view = self._named(name)
+        actions = _decide(core.cancel, view)
+        effects = self.repo.apply(run_id, view.state, actions)
+        if effects is None:
+            raise UserError(f"run {name!r} changed state meanwhile; try again")
+        return self._carry_out(effects)
+
+    def _command(self, name: str, decide: Callable[[core.RunView], list[core.Action]]) -> bool:
+        run_id, view = self._named(name)
+        actions = _decide(decide, view)
+        if not actions:
+            return False
+        if not self.apply(run_id, view.state, actions):
+            raise UserError(f"run {name!r} changed state meanwhile; try again")
+        return True
+
+    def _named(self, name: str) -> tuple[int, core.RunView]:
+        with self.sessions() as session:
+            run = self.repo.run_named(session, name)
+            return run.id, self.repo.view(session, run)
+
+    # ---- queries (CLI) ---------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return readmodels.status_rows(session, self.clock.now())
+
+    def show(self, name: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            return readmodels.show(session, self.repo.run_named(session, name), self.clock.now())
+
+    def run_signatures(self, name: str) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return list(self.repo.run_named(session, name).spec.get("signatures") or [])
+
+    def notify_test(self, name: str) -> dict[str, str | None]:
+        with self.sessions() as session:
+            run_id = self.repo.run_named(session, name).id
+        return send_test(name, self.channels(run_id), self.clock)
+
+
+def _decide(decide: Callable[[core.RunView], list[core.Action]], view: core.RunView) -> list[core.Action]:
+    try:
+        return decide(view)
+    except core.Refused as exc:
+        raise UserError(str(exc)) from None

@@ -1,0 +1,58 @@
+"""The decisions, and nothing else: given a run's state and what the cluster and the logs say, what to do.
+
+No I/O here. The application builds the views from the database, gathers observations from the cluster
+and the logs, calls :func:`observe`, :func:`advance` or a user command, and applies the returned actions.
+
+- :mod:`.views`: what the core is told (runs, stages, attempts, one tick's observation);
+- :mod:`.actions`: what it answers (typed actions, attempt changes);
+- :mod:`.observe`: reactions to live attempts; :mod:`.advance`: moving a run forward;
+- :mod:`.commands`: `pause`, `resume`, `retry`, `cancel` as actions.
+"""
+
+from __future__ import annotations
+
+from supervisor.domain.core.actions import (
+    Action,
+    AttemptChanges,
+    Cancel,
+    Emit,
+    ExcludeNode,
+    Outcome,
+    ResetBudget,
+    SetRun,
+    SetStage,
+    Submit,
+    UpdateAttempt,
+)
+from supervisor.domain.core.advance import advance, backoff
+from supervisor.domain.core.commands import cancel, pause, resume, retry
+from supervisor.domain.core.observe import VANISHED_AFTER, observe, wants_job_nodes
+from supervisor.domain.core.views import AttemptView, Observation, Refused, RunView, StageView
+
+__all__ = [
+    "VANISHED_AFTER",
+    "Action",
+    "AttemptChanges",
+    "AttemptView",
+    "Cancel",
+    "Emit",
+    "ExcludeNode",
+    "Observation",
+    "Outcome",
+    "Refused",
+    "ResetBudget",
+    "RunView",
+    "SetRun",
+    "SetStage",
+    "StageView",
+    "Submit",
+    "UpdateAttempt",
+    "advance",
+    "backoff",
+    "cancel",
+    "observe",
+    "pause",
+    "resume",
+    "retry",
+    "wants_job_nodes",
+]

@@ -1,0 +1,395 @@
+"""Reactions to live attempts: what one tick's observation of an attempt means.
+
+An observation is read in a fixed order, each step a small function: the facts it records
+(:func:`_facts`), the milestones that say the work is done, then the first of: a cancel of ours still
+pending, a failure signature, an operator's hold, a job that can never start, the job's end, a stall.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from supervisor.domain import verdict
+from supervisor.domain.core.actions import (
+    Action,
+    AttemptChanges,
+    Cancel,
+    Emit,
+    ExcludeNode,
+    Outcome,
+    SetRun,
+    UpdateAttempt,
+)
+from supervisor.domain.core.views import (
+    CANNOT_START,
+    EXCLUSIONS_IN_THE_WAY,
+    AttemptView,
+    Observation,
+    RunView,
+    StageView,
+)
+from supervisor.domain.types import (
+    AttemptState,
+    EventKind,
+    JobInfo,
+    JobPhase,
+    LogMatch,
+    RunState,
+    SignatureAction,
+)
+
+# A job missing from squeue, scontrol and sacct for this many successful polls in a row is gone for good.
+VANISHED_AFTER = 3
+
+# What one step decided: the attempt's changes and the actions after them; None: not this step's case.
+Decision = tuple[AttemptChanges, list[Action]] | None
+
+
+def _never(explanation: str, *codes: str) -> dict[str, str]:
+    return dict.fromkeys(codes, explanation)
+
+
+# Pending reasons that waiting never clears: the request is beyond anything the partition, the account or
+# the QOS will ever grant, or it names something that does not exist. The codes are Slurm's own, as
+# job_reason_string() in slurm/src/common/slurm_protocol_defs.c prints them (enum job_state_reason in
+# slurm/slurm.h; squeue(1) "JOB REASON CODES" explains them). Left out on purpose, because they clear as
+# other jobs end or time passes: Priority, Resources, BeginTime, Dependency, Licenses, Reservation,
+# PartitionDown (maintenance), NodeDown, every Grp*Limit / Grp*RunMinutes (the association's or QOS's
+# other jobs hold the share; Slurm prints the same code whether or not this job alone exceeds it) and the
+# per-user and per-account maxima (this user's other jobs).
+NEVER_STARTS: Mapping[str, str] = {
+    **_never("the job asks for more (or fewer) nodes than its partition allows, or every node it may use is "
+             "down, drained or excluded", "PartitionNodeLimit"),
+    **_never("the job's time limit is longer than its partition allows", "PartitionTimeLimit"),
+    **_never("the partition cannot satisfy the request (more nodes, CPUs or memory than it has)",
+             "PartitionConfig"),
+    **_never("no node the job may use is available (all excluded, down or drained)", "ReqNodeNotAvail"),
+    **_never("the job's constraints match no node", "BadConstraints"),
+    **_never("the account or QOS is invalid or not allowed here", "InvalidAccount", "InvalidQOS",
+             "AccountNotAllowed", "QOSNotAllowed"),
+    **_never("the job depends on a job that can no longer satisfy it", "DependencyNeverSatisfied"),
+    **_never("the job's reservation was deleted", "ReservationDeleted"),
+    **_never("Slurm held the job after too many requeues", "JobHoldMaxRequeue"),
+    **_never("the job asks for more memory per node than allowed", "MaxMemPerLimit"),
+    **_never("the request exceeds a per-job limit of the association",
+             "AssocMaxCpuPerJobLimit", "AssocMaxCpuMinutesPerJobLimit", "AssocMaxNodePerJobLimit",
+             "AssocMaxWallDurationPerJobLimit", "AssocMaxUnknownPerJob", "AssocMaxUnknownPerNode",
+             "AssocMaxUnknownMinutesPerJob", "AssocMaxCpuPerNode", "AssocMaxMemPerJob", "AssocMaxMemPerNode",
+             "AssocMaxMemMinutesPerJob", "AssocMaxNodeMinutesPerJob", "AssocMaxEnergyPerJob",
+             "AssocMaxEnergyPerNode", "AssocMaxEnergyMinutesPerJob", "AssocMaxGRESPerJob", "AssocMaxGRESPerNode",
+             "AssocMaxGRESMinutesPerJob", "AssocMaxLicensePerJob", "AssocMaxLicenseMinutesPerJob",
+             "AssocMaxBBPerJob", "AssocMaxBBPerNode", "AssocMaxBBMinutesPerJob", "AssocMaxBillingPerJob",
+             "AssocMaxBillingPerNode", "AssocMaxBillingMinutesPerJob"),
+    **_never("the request exceeds a per-job limit (or misses a minimum) of the QOS",
+             "QOSMaxCpuPerJobLimit", "QOSMaxCpuMinutesPerJobLimit", "QOSMaxNodePerJobLimit",
+             "QOSMaxWallDurationPerJobLimit", "QOSMinCpuNotSatisfied", "QOSMaxUnknownPerJob",
+             "QOSMaxUnknownPerNode", "QOSMaxUnknownMinutesPerJob", "QOSMinUnknown", "QOSMaxCpuPerNode",
+             "QOSMaxMemoryPerJob", "QOSMaxMemoryPerNode", "QOSMaxMemoryMinutesPerJob", "QOSMinMemory",
+             "QOSMaxNodeMinutesPerJob", "QOSMinNode", "QOSMaxEnergyPerJob", "QOSMaxEnergyPerNode",
+             "QOSMaxEnergyMinutesPerJob", "QOSMinEnergy", "QOSMaxGRESPerJob", "QOSMaxGRESPerNode",
+             "QOSMaxGRESMinutesPerJob", "QOSMinGRES", "QOSMaxLicensePerJob", "QOSMaxLicenseMinutesPerJob",
+             "QOSMinLicense", "QOSMaxBBPerJob", "QOSMaxBBPerNode", "QOSMinBB", "QOSMaxBillingPerJob",
+             "QOSMaxBillingPerNode", "QOSMaxBillingMinutesPerJob", "QOSMinBilling"),
+    # Usage limits (GrpTRESMins): the allocation is spent; only an administrator gives more.
+    **_never("the account's allocation is used up",
+             "AssocGrpCPUMinutesLimit", "AssocGrpUnknownMinutes", "AssocGrpMemMinutes", "AssocGrpNodeMinutes",
+             "AssocGrpEnergyMinutes", "AssocGrpGRESMinutes", "AssocGrpLicenseMinutes", "AssocGrpBBMinutes",
+             "AssocGrpBillingMinutes"),
+    **_never("the QOS's allocation is used up",
+             "QOSGrpCPUMinutesLimit", "QOSGrpUnknownMinutes", "QOSGrpMemoryMinutes", "QOSGrpNodeMinutes",
+             "QOSGrpEnergyMinutes", "QOSGrpGRESMinutes", "QOSGrpLicenseMinutes", "QOSGrpBBMinutes",
+             "QOSGrpBillingMinutes"),
+}
+
+# Of those, the ones the supervisor's own --exclude list can cause by leaving too few nodes.
+EXCLUSIONS_CAN_CAUSE = frozenset({"PartitionNodeLimit", "PartitionConfig", "ReqNodeNotAvail"})
+
+_REASON_CODE = re.compile(r"[^,\s(]+")
+
+
+def reason_code(reason: str | None) -> str | None:
+    """The code of a pending reason: squeue prints "ReqNodeNotAvail, UnavailableNodes:n01", scontrol
+    "ReqNodeNotAvail,_UnavailableNodes:n01"; both are ``ReqNodeNotAvail``."""
+    if not reason:
+        return None
+    found = _REASON_CODE.match(reason.strip())
+    return found.group(0) if found else None
+
+
+def pending_since(attempt: AttemptView, job: JobInfo, now: datetime) -> datetime:
+    """Since when the job has been waiting for its current reason (a new reason starts the clock again)."""
+    if attempt.reason_since is not None and reason_code(attempt.reason) == reason_code(job.reason):
+        return attempt.reason_since
+    return now
+
+
+def queued_since(attempt: AttemptView, job: JobInfo | None) -> datetime | None:
+    """When the job entered the queue: the cluster's submit time (a requeue renews it), else our own record."""
+    return (job.submit_time if job is not None else None) or attempt.submitted_at
+
+
+def observe(run: RunView, observations: Mapping[tuple[str, int], Observation], now: datetime) -> list[Action]:
+    """React to what was seen about the run's live attempts."""
+    actions: list[Action] = []
+    for stage in run.stages:
+        for attempt in stage.attempts:
+            if not attempt.state.live or attempt.state is AttemptState.SUBMITTING:
+                continue
+            obs = observations.get((stage.name, attempt.number))
+            if obs is not None:
+                actions.extend(_observe_attempt(run, stage, attempt, obs, now))
+    return actions
+
+
+def wants_job_nodes(attempt: AttemptView, matches: Sequence[LogMatch]) -> bool:
+    """A fault on "the job's nodes" was read before any poll learnt which nodes those are."""
+    return not attempt.nodes and any(
+        m.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and m.node is None for m in matches
+    )
+
+
+def _observe_attempt(
+    run: RunView, stage: StageView, attempt: AttemptView, obs: Observation, now: datetime
+) -> list[Action]:
+    job = _job(attempt, obs)
+    changes, actions = _facts(stage, attempt, obs, job, now)
+    reading = verdict.read(obs.matches)
+    work_done = attempt.work_done or obs.work_finished
+    if reading.finishes and not work_done:
+        work_done = True
+        first = reading.finishes[0]
+        changes = changes.merged(work_done=True)
+        actions.append(Emit(EventKind.MILESTONE, f"{first.signature}: {first.text}", stage.name, attempt.number,
+                            {"line": first.line}))
+
+    if attempt.cancel_requested:
+        more, decided = _pending_cancel(stage, attempt, job, now)
+        decision: Decision = (changes.merged(**more.items()), decided) if more or decided else None
+    else:
+        decision = (
+            _signature(run, stage, attempt, reading.cause, work_done, job)
+            or _held(run, stage, attempt, job)
+            or _cannot_start(stage, attempt, job, now)
+            or _job_ended(run, stage, attempt, job, obs, work_done, now)
+            or _stall(stage, attempt, obs, changes, work_done, now)
+        )
+        if decision is not None:
+            more, decided = decision
+            decision = (changes.merged(**more.items()), decided)
+    if decision is None:
+        return [UpdateAttempt(stage.name, attempt.number, changes), *actions] if changes else actions
+    # A decision always records the attempt's changes first, even none: the order is part of the contract.
+    final, decided = decision
+    if final or not attempt.cancel_requested:
+        return [UpdateAttempt(stage.name, attempt.number, final), *actions, *decided]
+    return [*actions, *decided]
+
+
+def _job(attempt: AttemptView, obs: Observation) -> JobInfo | None:
+    """The cluster's answer; a job no source has known for several polls ended without a record."""
+    if obs.job is None and obs.missing_polls >= VANISHED_AFTER:
+        return JobInfo(job_id=attempt.job_id or "", name="", phase=JobPhase.FAILED, raw_state="VANISHED",
+                       reason="job left the queue with no final state on record")
+    return obs.job
+
+
+def _facts(
+    stage: StageView, attempt: AttemptView, obs: Observation, job: JobInfo | None, now: datetime
+) -> tuple[AttemptChanges, list[Action]]:
+    """What the observation records whatever else happens: output, progress, nodes, the start."""
+    # A checkpoint saved since the last tick counts as life: saving can be silent for a long time.
+    saved = obs.saved_mark is not None and obs.saved_mark != attempt.saved_mark
+    changes = AttemptChanges(
+        last_output_at=now if obs.new_output or saved else None,
+        saved_mark=obs.saved_mark if saved else None,
+    )
+    actions: list[Action] = []
+    if obs.progress is not None:
+        changes = changes.merged(progress_step=obs.progress.step, progress_total=obs.progress.total,
+                                 first_step_at=now if attempt.first_step_at is None else None)
+    if job is not None:
+        if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING:
+            changes = changes.merged(nodes=job.nodes)
+        changes = changes.merged(reason=job.reason)
+        if job.phase is JobPhase.RUNNING and attempt.state is AttemptState.QUEUED:
+            changes = changes.merged(state=AttemptState.RUNNING, started_at=job.start_time or now)
+            actions.append(Emit(EventKind.STARTED, f"job {attempt.job_id} started on {job.nodes or '?'}",
+                                stage.name, attempt.number))
+    return changes, actions
+
+
+def _pending_cancel(
+    stage: StageView, attempt: AttemptView, job: JobInfo | None, now: datetime
+) -> tuple[AttemptChanges, list[Action]]:
+    """We asked for a cancel: record it once the job has ended, else ask again (scancel may not have gone through)."""
+    if job is not None and job.phase.finished:
+        return _ended(job, AttemptState.CANCELLED, now), []
+    return AttemptChanges(), [Cancel(stage.name, attempt.number, attempt.outcome or Outcome.RESUBMIT,
+                                     attempt.cause or "cancel")]
+
+
+def _signature(
+    run: RunView, stage: StageView, attempt: AttemptView, cause: LogMatch | None, work_done: bool,
+    job: JobInfo | None,
+) -> Decision:
+    """A failure signature decides: end the attempt, and say what should follow."""
+    if cause is None:
+        return None
+    outcome = _outcome_for(cause.action, work_done)
+    limit = run.resubmit_limits.get(cause.signature)
+    if outcome is Outcome.RESUBMIT and limit is not None:
+        earlier = sum(1 for a in stage.attempts if a.cause == cause.signature and a.number != attempt.number)
+        if earlier >= limit:
+            # The same fault again after its resubmissions: more attempts will not help.
+            outcome = Outcome.FAIL
+    data: dict[str, object] = {"line": cause.line, "text": cause.text, "action": cause.action.value,
+                               "context": list(cause.context)}
+    actions: list[Action] = [Emit(EventKind.SIGNATURE, f"{cause.signature} at line {cause.line}: {cause.text}",
+                                  stage.name, attempt.number, data)]
+    if outcome is Outcome.RESUBMIT and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE:
+        for node in _nodes_to_exclude(cause, attempt, job):
+            actions.append(ExcludeNode(node, f"{cause.signature} in {stage.name} attempt {attempt.number}"))
+    actions.append(Cancel(stage.name, attempt.number, outcome, cause.signature))
+    return AttemptChanges(), actions
+
+
+def _held(run: RunView, stage: StageView, attempt: AttemptView, job: JobInfo | None) -> Decision:
+    """An operator held the job: like their scancel, a human decides what happens next."""
+    if job is None or job.phase is not JobPhase.HELD:
+        return None
+    actions: list[Action] = [
+        Cancel(stage.name, attempt.number, Outcome.OPERATOR, "held"),
+        Emit(EventKind.PAUSED_BY_OPERATOR, f"job {attempt.job_id} was held outside the supervisor; run paused",
+             stage.name, attempt.number),
+    ]
+    if run.state is not RunState.PAUSED:
+        actions.append(SetRun(RunState.PAUSED))
+    return AttemptChanges(), actions
+
+
+def _cannot_start(stage: StageView, attempt: AttemptView, job: JobInfo | None, now: datetime) -> Decision:
+    """A job pending for a reason waiting never clears, for longer than the grace period.
+
+    When the supervisor's own exclusions are what keeps it from starting, it is resubmitted without them
+    (the submission lifts them); otherwise the run needs a person: nothing more is submitted until they act.
+    Either way the job is cancelled: a job that starts while nobody watches the run would go unsupervised.
+    """
+    if job is None or job.phase is not JobPhase.PENDING or attempt.state is not AttemptState.QUEUED:
+        return None
+    code = reason_code(job.reason)
+    if code is None or code not in NEVER_STARTS:
+        return None
+    waited = (now - pending_since(attempt, job, now)).total_seconds()
+    if waited < stage.pending_grace:
+        return None
+    since = queued_since(attempt, job)
+    queued = max((now - since).total_seconds(), waited) if since is not None else waited
+    data: dict[str, object] = {"job_id": attempt.job_id, "pending_reason": job.reason, "pending_for_s": round(waited),
+                               "queued_for_s": round(queued)}
+    if job.excluded_nodes and code in EXCLUSIONS_CAN_CAUSE:
+        return AttemptChanges(), [
+            Emit(EventKind.STALLED,
+                 f"job {attempt.job_id} waited {waited:.0f}s for {job.reason} with nodes {job.excluded_nodes} "
+                 "excluded by the supervisor: cancelled, to be resubmitted without those exclusions",
+                 stage.name, attempt.number, {**data, "excluded": job.excluded_nodes}),
+            Cancel(stage.name, attempt.number, Outcome.RESUBMIT, EXCLUSIONS_IN_THE_WAY),
+        ]
+    reason = (f"{stage.name} job {attempt.job_id} cannot start: {job.reason} ({NEVER_STARTS[code]}); "
+              f"pending {waited:.0f}s, queued {queued:.0f}s")
+    return AttemptChanges(), [
+        Emit(EventKind.NEEDS_ATTENTION, f"needs attention: {reason}", stage.name, attempt.number,
+             {**data, "reason": reason}),
+        Cancel(stage.name, attempt.number, Outcome.RESUBMIT, CANNOT_START),
+        SetRun(RunState.NEEDS_ATTENTION, reason),
+    ]
+
+
+def _job_ended(
+    run: RunView, stage: StageView, attempt: AttemptView, job: JobInfo | None, obs: Observation, work_done: bool,
+    now: datetime,
+) -> Decision:
+    if job is None or not job.phase.finished:
+        return None
+    if job.phase is JobPhase.CANCELLED:
+        # Nobody asked us to cancel it: an operator did. Pause; a human decides what happens next.
+        changes = _ended(job, AttemptState.CANCELLED, now).merged(outcome=Outcome.OPERATOR,
+                                                                       cause="cancelled_by_operator")
+        actions: list[Action] = [Emit(EventKind.PAUSED_BY_OPERATOR,
+                                      f"job {attempt.job_id} was cancelled outside the supervisor; run paused",
+                                      stage.name, attempt.number)]
+        if run.state is not RunState.PAUSED:
+            actions.append(SetRun(RunState.PAUSED))
+        return changes, actions
+    ok = obs.succeeded if obs.succeeded is not None else job.phase is JobPhase.COMPLETED
+    ok = ok or work_done
+    changes = _ended(job, AttemptState.SUCCEEDED if ok else AttemptState.FAILED, now)
+    if ok:
+        return changes, []
+    return changes, [Emit(EventKind.CRASHED,
+                          f"job {attempt.job_id} ended {job.raw_state or job.phase.value} (exit {job.exit_code})",
+                          stage.name, attempt.number, {"exit_code": job.exit_code, "reason": job.reason})]
+
+
+def _stall(
+    stage: StageView, attempt: AttemptView, obs: Observation, changes: AttemptChanges, work_done: bool,
+    now: datetime,
+) -> Decision:
+    if attempt.state is not AttemptState.RUNNING:
+        return None
+    stall = _stalled(stage, attempt, now, changes)
+    if stall is None:
+        return None
+    cause, message = stall
+    if obs.hang_hint is not None:
+        # The log stopped right after a known hang hint: name it, so its remedy runs with the resubmit.
+        cause, message = obs.hang_hint, f"{message} right after {obs.hang_hint}"
+    return AttemptChanges(), [
+        Emit(EventKind.STALLED, message, stage.name, attempt.number),
+        Cancel(stage.name, attempt.number, Outcome.FINISH if work_done else Outcome.RESUBMIT, cause),
+    ]
+
+
+def _ended(job: JobInfo, state: AttemptState, now: datetime) -> AttemptChanges:
+    # A job that ran and ended between two polls was never seen running: keep when it started.
+    return AttemptChanges(state=state, ended_at=job.end_time or now, exit_code=job.exit_code,
+                          nodes=job.nodes or None, started_at=job.start_time)
+
+
+def _outcome_for(action: SignatureAction, work_done: bool) -> Outcome:
+    if work_done:
+        # Never retrain a finished run: whatever breaks after the final checkpoint, the work is done.
+        return Outcome.FINISH
+    if action is SignatureAction.FAIL:
+        return Outcome.FAIL
+    if action is SignatureAction.FINISH:
+        return Outcome.FINISH
+    return Outcome.RESUBMIT
+
+
+def _nodes_to_exclude(match: LogMatch, attempt: AttemptView, job: JobInfo | None) -> list[str]:
+    if match.node:
+        return [match.node]
+    nodes = (job.nodes if job is not None else None) or attempt.nodes
+    return [nodes] if nodes else []
+
+
+def _stalled(
+    stage: StageView, attempt: AttemptView, now: datetime, changes: AttemptChanges
+) -> tuple[str, str] | None:
+    started = attempt.started_at
+    if started is None:
+        return None
+    # Compared in seconds: a timedelta of an infinite timeout would overflow.
+    first_step = changes.first_step_at or attempt.first_step_at
+    if (stage.startup_timeout is not None and first_step is None
+            and (now - started).total_seconds() > stage.startup_timeout):
+        return ("startup_timeout", f"no training step {stage.startup_timeout:.0f}s after start: startup hang")
+    if stage.stall_timeout is not None:
+        last = changes.last_output_at or attempt.last_output_at
+        since = max(started, last) if last is not None else started
+        quiet = (now - since).total_seconds()
+        if quiet > stage.stall_timeout:
+            return ("stall_timeout", f"no log output for {quiet:.0f}s: hang")
+    return None

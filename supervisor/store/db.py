@@ -1,0 +1,213 @@
+"""Opening the state database: SQLite, file mode 0600, migrated to head by Alembic.
+
+A database already at head is opened with one plain query of ``alembic_version``; Alembic is imported only
+when there is something to migrate, and then under a lock, so that a daemon and a `submit` started
+together on a new state directory do not both create the tables.
+
+The journal is WAL on a local disk. On a network filesystem (NFS, Lustre, GPFS, ...) WAL's shared-memory
+index is not shared between hosts, so the rollback journal is used there instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import errno
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from supervisor.store.filesystem import filesystem_of
+from supervisor.store.statedir import make_private_dir
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+log = structlog.get_logger("supervisor.store.db")
+
+DB_NAME = "supervisor.db"
+MIGRATE_LOCK_NAME = "supervisor.migrate.lock"
+JOURNAL_ENV = "SUPERVISOR_SQLITE_JOURNAL"
+JOURNAL_MODES = ("wal", "delete")
+# The CLI and the daemon write the same file: a writer waits this long for the other one's commit.
+BUSY_TIMEOUT_MS = 30_000
+# Migrating a few tables takes well under a second; a holder this slow is stuck (stopped with Ctrl-Z?).
+MIGRATE_LOCK_TIMEOUT_S = 120.0
+
+
+def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("migrations")))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def _assigned(source: str, name: str) -> object:
+    """The literal assigned to ``name`` at the top level of a migration file (absent: ``...``)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            with contextlib.suppress(ValueError):
+                return ast.literal_eval(node.value)
+    return ...
+
+
+def head_revision(versions: Traversable | None = None) -> str | None:
+    """The head revision, from the migration files' ``revision``/``down_revision`` (no Alembic import).
+
+    None when they do not form one line (a branch, a merge, a computed value): Alembic then decides.
+    """
+    folder = versions or resources.files("migrations") / "versions"
+    parents: dict[str, object] = {}
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".py") or entry.name.startswith("_"):
+            continue
+        source = entry.read_text()
+        revision = _assigned(source, "revision")
+        if not isinstance(revision, str):
+            return None
+        parents[revision] = _assigned(source, "down_revision")
+    if any(p is not None and not isinstance(p, str) for p in parents.values()):
+        return None  # a merge (a tuple of parents) or something unreadable
+    heads = set(parents) - set(parents.values())
+    return heads.pop() if len(heads) == 1 else None
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database; None for a new one (no ``alembic_version`` table yet)."""
+    with engine.connect() as conn:
+        has_table = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").first()
+        if has_table is None:
+            return None
+        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        return None if row is None else str(row[0])
+
+
+def _on_connect(journal_mode: str) -> Any:
+    def configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        # NORMAL is durable with WAL; the rollback journal needs FULL not to risk the file on a crash.
+        cur.execute("PRAGMA synchronous = " + ("NORMAL" if journal_mode == "wal" else "FULL"))
+        cur.close()
+
+    return configure
+
+
+def journal_mode_for(path: Path) -> str:
+    """``SUPERVISOR_SQLITE_JOURNAL`` if set, else WAL unless ``path`` lies on a network filesystem."""
+    chosen = os.environ.get(JOURNAL_ENV, "").strip().lower()
+    if chosen in JOURNAL_MODES:
+        return chosen
+    if chosen:
+        log.warning("journal_mode_ignored", variable=JOURNAL_ENV, value=chosen, expected=list(JOURNAL_MODES))
+    mount = filesystem_of(path)
+    return "delete" if mount is not None and mount.network else "wal"
+
+
+def _set_journal_mode(engine: Engine, wanted: str) -> None:
+    with engine.connect() as conn:
+        mode = str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()).lower()
+        if mode == wanted:
+            return  # the usual case: WAL is a property of the file, set once when it was created
+        try:
+            if wanted == "delete":
+                # Leaving WAL needs every other connection closed; do not make this command wait for that.
+                conn.exec_driver_sql("PRAGMA busy_timeout = 0")
+            conn.exec_driver_sql(f"PRAGMA journal_mode = {wanted.upper()}")
+        except OperationalError as exc:
+            log.warning("journal_mode_unchanged", journal_mode=mode, wanted=wanted, error=str(exc.orig))
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def create_db_engine(path: Path, journal_mode: str | None = None) -> Engine:
+    make_private_dir(path.parent)
+    if not path.exists():
+        # Create it 0600 before SQLite does: run specs and events may be private to the user.
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    mode = journal_mode or journal_mode_for(path.parent)
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _on_connect(mode))
+    _set_journal_mode(engine, mode)
+    return engine
+
+
+@contextlib.contextmanager
+def migration_lock(path: Path, timeout: float = MIGRATE_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive flock on ``path`` (a file of its own: closing any descriptor of the database file would
+    drop SQLite's own POSIX locks). Where the filesystem has no locks the body runs unguarded."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: another supervisor process has been migrating the database "
+                                       f"for over {timeout:.0f}s") from None
+                time.sleep(0.05)  # another process migrates: a fraction of a second
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                log.warning("migration_unlocked", path=str(path), error=exc.strerror)
+                break
+        yield
+    finally:
+        os.close(fd)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there already)."""
+    head = head_revision()
+    if head is not None and current_revision(engine) == head:
+        return
+    database = engine.url.database
+    assert database, "the state database is a file"
+    with migration_lock(Path(database).with_name(MIGRATE_LOCK_NAME)):
+        # Loaded only now: Alembic and the migration scripts cost a good part of a second to import.
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        cfg = _alembic_config(engine)
+        # Read again under the lock: whoever held it before us may have migrated already.
+        if current_revision(engine) != ScriptDirectory.from_config(cfg).get_current_head():
+            command.upgrade(cfg, "head")
+
+
+def _empty_database() -> sessionmaker[Session]:
+    """An in-memory database with the current schema: what a read sees in a home with no database yet."""
+    from supervisor.store.models import Base
+
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    Base.metadata.create_all(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def open_database(home: Path, *, create: bool = True) -> sessionmaker[Session]:
+    """Sessions on ``home``'s database, migrated to head. ``create=False`` (commands that only read):
+    a home without a database is left without one, and reads as empty."""
+    path = home / DB_NAME
+    if not create and not path.exists():
+        return _empty_database()
+    engine = create_db_engine(path)
+    migrate(engine)
+    return sessionmaker(engine, expire_on_commit=False)

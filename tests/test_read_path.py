@@ -1,0 +1,125 @@
+"""`status` and `show` read the database with plain SQL: the same answer as the ORM rows, no SQLAlchemy in the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supervisor.app.service import Supervisor
+from supervisor.notify.queue import undelivered
+from supervisor.store import readmodels
+from supervisor.store.db import DB_NAME
+from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage
+
+from fakes import ManualClock
+
+T0 = datetime(2026, 11, 3, 9, 15, 7, 250_000, tzinfo=UTC)  # microseconds: the text form must round-trip
+
+
+def _spec(root: Path, name: str) -> Path:
+    for stage in ("prep", "train"):
+        (root / f"{stage}.sh").write_text("#!/bin/bash\ntrue\n")
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "backend": "local", "workdir": "work", "stages": [
+        {"name": "prep", "script": "prep.sh"}, {"name": "train", "script": "train.sh"}]}))
+    return path
+
+
+def _attempt(stage: Stage, number: int, state: str, **extra: object) -> Attempt:
+    return Attempt(stage_id=stage.id, number=number, tag=f"{stage.name}-{stage.run_id}-{number}", state=state,
+                   backend="local", job_id=f"{stage.run_id}{number}", submitted_at=T0, **extra)
+
+
+def _home(tmp_path: Path) -> tuple[Path, Supervisor]:
+    """Three runs: one whose first stage succeeded and whose train is on its 2nd attempt (queued), one with
+    every stage succeeded, one never started; an excluded node and an undelivered notification."""
+    home = tmp_path / "home"
+    sv = Supervisor(home, clock=ManualClock(T0))
+    for name in ("a", "b", "c"):
+        sv.register(_spec(tmp_path, name), "local")
+    with sv.sessions.begin() as session:
+        runs = {r.name: r for r in session.query(Run)}
+        prep, train = runs["a"].stages
+        prep.state, train.state = "succeeded", "running"
+        session.add_all([
+            _attempt(prep, 1, "succeeded", started_at=T0 + timedelta(seconds=5), ended_at=T0 + timedelta(minutes=3),
+                     exit_code=0, nodes="n[1-2]"),
+            _attempt(train, 1, "failed", started_at=T0, ended_at=T0 + timedelta(hours=1), exit_code=1,
+                     cause="nccl_error", outcome="resubmit", progress_step=40, progress_total=100),
+            _attempt(train, 2, "queued", reason="Priority", reason_since=T0 + timedelta(seconds=1)),
+            ExcludedNode(run_id=runs["a"].id, node="n2", reason="ecc", until=T0 + timedelta(hours=2)),
+            OutboxEntry(run_id=runs["a"].id, channel="0:webhook", kind="failed", created_at=T0, state="failed",
+                        tries=3, last_error="HTTP 500", next_try_at=T0 + timedelta(minutes=5),
+                        payload={"text": "x", "_outbox": {"merged_into": 7}}),
+        ])
+        for stage in runs["b"].stages:
+            stage.state = "succeeded"
+            session.add(_attempt(stage, 1, "succeeded", ended_at=T0 + timedelta(minutes=1)))
+    return home, sv
+
+
+def test_status_names_each_runs_current_stage_and_newest_attempt(tmp_path: Path) -> None:
+    _, sv = _home(tmp_path)
+    rows = {r["name"]: r for r in sv.status()}
+    assert [(rows[n]["stage"], rows[n]["attempt"], rows[n]["job_id"]) for n in "abc"] == [
+        ("train", 2, f"{_run_id(sv, 'a')}2"), ("train", 1, f"{_run_id(sv, 'b')}1"), ("prep", None, None)]
+    assert rows["a"]["pending_reason"] == "Priority"
+    assert rows["a"]["progress"] is None  # the newest attempt's, not the failed one's 40/100
+
+
+def test_the_file_reader_gives_what_the_service_gives(tmp_path: Path) -> None:
+    home, sv = _home(tmp_path)
+    reader = readmodels.FileReader.open(home)
+    assert reader is not None
+    assert reader.status() == sv.status()
+    shown = reader.show("a")
+    assert shown == sv.show("a")
+    with sv.sessions() as session:
+        assert shown["notifications"] == undelivered(session, _run_id(sv, "a"))
+    assert shown["notifications"][0]["merged_into"] == 7
+    [prep, train] = shown["stages"]
+    assert prep["attempts"][0]["started_at"] == (T0 + timedelta(seconds=5)).isoformat()
+    assert [a["number"] for a in train["attempts"]] == [1, 2]
+    assert reader.show("c")["stages"][0]["attempts"] == []
+
+
+def test_the_cli_answers_status_and_show_without_importing_sqlalchemy(tmp_path: Path) -> None:
+    home, sv = _home(tmp_path)
+    for args, expected in ((["status", "--json"], sv.status()), (["show", "a", "--json"], sv.show("a"))):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "supervisor", "--home", str(home), *args],
+                              capture_output=True, text=True, check=True)
+        assert _timeless(json.loads(proc.stdout)) == _timeless(expected)
+        assert [line for line in proc.stderr.splitlines() if "sqlalchemy" in line] == []
+
+
+def test_an_unknown_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    home, _ = _home(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "--home", str(home), "show", "nope"],
+                          capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (2, "error: no run named 'nope' (see `supervisor status`)\n")
+
+
+def test_a_schema_these_queries_cannot_read_is_left_to_the_full_path(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, name TEXT)")
+    assert readmodels.FileReader.open(tmp_path) is None
+    assert readmodels.DB_FILE == DB_NAME
+
+
+def _timeless(data: Any) -> Any:
+    """Without `queued_for_s`: the CLI counts it to its own wall-clock now, the test's service to another."""
+    if isinstance(data, dict):
+        return {k: _timeless(v) for k, v in data.items() if k != "queued_for_s"}
+    return [_timeless(v) for v in data] if isinstance(data, list) else data
+
+
+def _run_id(sv: Supervisor, name: str) -> int:
+    with sv.sessions() as session:
+        return sv.repo.run_named(session, name).id
