@@ -18,6 +18,9 @@ command -v munged >/dev/null || need+=(munge)
 command -v slurmdbd >/dev/null || need+=(slurmdbd)
 command -v mariadbd >/dev/null || need+=(mariadb-server)
 command -v rsync >/dev/null || need+=(rsync)
+# The tmux launcher's test runs a real tmux server; the no-inotify detection test watches a bindfs view.
+command -v tmux >/dev/null || need+=(tmux)
+command -v bindfs >/dev/null || need+=(bindfs)
 if ((${#need[@]})); then
     [[ $(id -u) -eq 0 ]] || { echo "test.sh: need root to install ${need[*]}" >&2; exit 1; }
     apt-get update -qq
