@@ -20,6 +20,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from supervisor.backends import job_environment
+from supervisor.domain.accounting import SchedulerUsage
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.ports import CommandResult, CommandRunner
 from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
@@ -227,8 +228,9 @@ def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     return jobs
 
 
-# Name last: it is the one field users control, so it may hold the separator.
-SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Start,End,JobName"
+# Name last: it is the one field users control, so it may hold the separator. ElapsedRaw (seconds) and
+# NNodes are the scheduler's own measure of what a job used: node-hours are counted from them.
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Start,End,ElapsedRaw,NNodes,JobName"
 _SACCT_FIELDS = SACCT_FORMAT.count(",") + 1
 # sacct's answer where the cluster keeps no accounting (no slurmdbd): scontrol is all there is.
 _NO_ACCOUNTING_MARKERS = ("accounting storage is disabled", "No such file or directory")
@@ -249,7 +251,7 @@ def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     """Lines of ``sacct --parsable2 --format=SACCT_FORMAT`` (one per job allocation)."""
     jobs: list[JobInfo] = []
     for fields in _records(text, _SACCT_FIELDS, "sacct"):
-        job_id, state, exit_code, nodes, submit, start, end, name = fields
+        job_id, state, exit_code, nodes, submit, start, end, _elapsed, _count, name = fields
         phase = phase_of(state)  # "CANCELLED by 1000" reduces to CANCELLED
         nodes_ = None if nodes == "None assigned" else _nullable(nodes)
         jobs.append(
@@ -266,6 +268,17 @@ def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
             )
         )
     return jobs
+
+
+def parse_sacct_usage(text: str) -> dict[str, SchedulerUsage]:
+    """Per job id, the scheduler's elapsed seconds and node count from the same sacct lines; a job that
+    never got nodes ("None assigned", NNodes 0 or blank) used nothing."""
+    usage: dict[str, SchedulerUsage] = {}
+    for fields in _records(text, _SACCT_FIELDS, "sacct"):
+        job_id, elapsed, count = fields[0].strip(), fields[7].strip(), fields[8].strip()
+        if elapsed.isdigit() and count.isdigit():
+            usage[job_id] = SchedulerUsage(int(elapsed), int(count))
+    return usage
 
 
 def parse_scontrol_record(line: str) -> dict[str, str]:
@@ -441,21 +454,32 @@ class SlurmCliCluster:
             raise error_for(argv, result.returncode, result.stderr)
         return parse_squeue(result.stdout, self._tz)
 
+    def usage(self, job_ids: Collection[str]) -> dict[str, SchedulerUsage]:
+        """The scheduler's own elapsed time and node count of ended jobs, in one sacct call; empty where
+        the cluster keeps no accounting (the caller then counts from the attempts' recorded times)."""
+        text = self._sacct(job_ids) if job_ids else None
+        return parse_sacct_usage(text) if text is not None else {}
+
     def _accounted(self, job_ids: Collection[str]) -> list[JobInfo]:
+        text = self._sacct(job_ids)
+        return parse_sacct(text, self._tz) if text is not None else []
+
+    def _sacct(self, job_ids: Collection[str]) -> str | None:
+        """sacct's answer for these jobs; None where there is no accounting or it did not answer."""
         if not self._accounting:
-            return []
+            return None
         argv = sacct_argv(job_ids)
         try:
             result = self._run(argv, timeout=self._timeout)
         except ClusterError as exc:
             if exc.permanent:
                 self._accounting = False  # no sacct on this machine
-            return []
+            return None
         if result.returncode != 0 or any(m in result.stderr for m in _NO_ACCOUNTING_MARKERS):
             if any(m in result.stderr + result.stdout for m in _NO_ACCOUNTING_MARKERS):
                 self._accounting = False
-            return []  # unknown is what the caller gets for these jobs anyway
-        return parse_sacct(result.stdout, self._tz)
+            return None  # unknown is what the caller gets for these jobs anyway
+        return result.stdout
 
     def _known(self) -> list[JobInfo]:
         argv = list(SCONTROL_SHOW_JOBS)
