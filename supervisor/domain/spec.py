@@ -132,7 +132,7 @@ class StageSpec(_Strict):
 
 class RunSpec(_Strict):
     name: str = Field(pattern=NAME_RE.pattern)
-    backend: Literal["slurm", "local"] | None = None
+    backend: Literal["slurm", "pyslurm", "local"] | None = None
     workdir: Path | None = None
     stages: list[StageSpec] = Field(min_length=1)
     axolotl_config: Path | None = None
