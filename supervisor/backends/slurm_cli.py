@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from supervisor.backends import job_environment
+from supervisor.domain import hostlist
 from supervisor.domain.accounting import SchedulerUsage
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.ports import CommandResult, CommandRunner
@@ -116,7 +118,10 @@ def render_sbatch_argv(request: SubmitRequest) -> list[str]:
         f"--error={request.log_pattern}",
     ]
     if request.exclude:
-        argv.append(f"--exclude={','.join(request.exclude)}")
+        # Only plain node names: anything else would make sbatch refuse the job or exclude other nodes.
+        names = [n for n in request.exclude if hostlist.is_node_name(n)]
+        if names:
+            argv.append(f"--exclude={hostlist.join(names)}")
     argv.extend(request.sbatch_args)
     argv.append(str(request.script))
     return argv
@@ -132,6 +137,10 @@ def squeue_argv(names: Collection[str] = ()) -> list[str]:
 
 def scancel_argv(job_id: str) -> list[str]:
     return ["scancel", job_id]
+
+
+def scontrol_show_nodes_argv(nodes: Collection[str]) -> list[str]:
+    return ["scontrol", "show", "node", "--oneliner", hostlist.join(nodes)]
 
 
 # --- pure: parsing -----------------------------------------------------------------------------
@@ -322,6 +331,19 @@ def parse_scontrol_jobs(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     ]
 
 
+def parse_scontrol_nodes(text: str) -> dict[str, tuple[str, ...]]:
+    """Output of ``scontrol show node -o``: per NodeName, the NodeAddr and NodeHostName it answers to
+    (each once, in that order; a name equal to the node's own is kept: it is an address too)."""
+    nodes: dict[str, tuple[str, ...]] = {}
+    for line in text.splitlines():
+        if not line.startswith("NodeName="):
+            continue
+        record = parse_scontrol_record(line)
+        names = (_nullable(record.get("NodeAddr")), _nullable(record.get("NodeHostName")))
+        nodes[record["NodeName"]] = tuple(dict.fromkeys(n for n in names if n is not None))
+    return nodes
+
+
 def error_for(argv: Sequence[str], returncode: int, stderr: str) -> ClusterError:
     """The ClusterError a failed client call means; ``permanent`` is False when a retry can help."""
     message = stderr.strip() or f"exit status {returncode}"
@@ -384,6 +406,15 @@ def run_command(
     return result
 
 
+def resolve_addresses(name: str) -> tuple[str, ...]:
+    """The IP addresses a node's address or host name stands for (none when it does not resolve)."""
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return ()
+    return tuple(dict.fromkeys(str(info[4][0]) for info in found))
+
+
 # --- the adapter -------------------------------------------------------------------------------
 
 
@@ -399,9 +430,11 @@ class SlurmCliCluster:
         runner: CommandRunner = run_command,
         base_env: Mapping[str, str] | None = None,
         tz: tzinfo | None = None,
+        resolver: Callable[[str], tuple[str, ...]] = resolve_addresses,
     ) -> None:
         self._timeout = timeout
         self._run = runner
+        self._resolve = resolver
         self._base_env = base_env
         self._tz = tz
         self._accounting = True  # until sacct says the cluster keeps none
@@ -446,6 +479,22 @@ class SlurmCliCluster:
         result = self._run(argv, timeout=self._timeout)
         if result.returncode != 0 and not any(m in result.stderr for m in _ALREADY_GONE_MARKERS):
             raise error_for(argv, result.returncode, result.stderr)
+
+    def node_addresses(self, nodes: Collection[str]) -> dict[str, tuple[str, ...]]:
+        names = [n for n in nodes if hostlist.is_node_name(n)]
+        if not names:
+            return {}
+        argv = scontrol_show_nodes_argv(names)
+        result = self._run(argv, timeout=self._timeout)
+        known = parse_scontrol_nodes(result.stdout)
+        # scontrol exits 1 when one of the nodes is unknown and still prints the others.
+        if result.returncode != 0 and not known:
+            raise error_for(argv, result.returncode, result.stderr)
+        addresses: dict[str, tuple[str, ...]] = {}
+        for node, aliases in known.items():
+            ips = [ip for alias in aliases for ip in self._resolve(alias)]
+            addresses[node] = tuple(dict.fromkeys([*aliases, *ips]))
+        return addresses
 
     def _queued(self, names: Collection[str] = ()) -> list[JobInfo]:
         argv = squeue_argv(names)
