@@ -114,6 +114,8 @@ class Attempt(Base):
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Identifies the newest checkpoint seen (its save time); a different one later is a sign of life.
     saved_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The newest checkpoint when the attempt was submitted: a time limit after a different one was progress.
+    start_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     stage: Mapped[Stage] = relationship(back_populates="attempts")
 

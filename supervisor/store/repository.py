@@ -267,6 +267,7 @@ class Repository:
             attempt = session.get(Attempt, attempt_id)
             assert attempt is not None
             attempt.saved_mark = saved_mark
+            attempt.start_mark = saved_mark
             if notes:
                 self.event(session, attempt.stage.run, EventKind.PREPARED, message, attempt.stage.name,
                            attempt.number, notes)
@@ -332,7 +333,7 @@ def attempt_view(a: Attempt) -> core.AttemptView:
         outcome=core.Outcome(a.outcome) if a.outcome else None, cause=a.cause, work_done=a.work_done,
         submitted_at=a.submitted_at, started_at=a.started_at, ended_at=a.ended_at,
         last_output_at=a.last_output_at, first_step_at=a.first_step_at, nodes=a.nodes, saved_mark=a.saved_mark,
-        reason=a.reason, reason_since=a.reason_since,
+        reason=a.reason, reason_since=a.reason_since, start_mark=a.start_mark,
     )
 
 
