@@ -327,6 +327,10 @@ def _poll_seconds(value: str) -> float:
 def daemon(
     poll: Annotated[str, typer.Option("--poll", metavar="DURATION",
                                       help="Time between ticks: 90s, 30m, 2h or seconds.")] = "30s",
+    log_poll: Annotated[str, typer.Option(
+        "--log-poll", metavar="DURATION",
+        help="How often live logs are checked for growth without asking the cluster (for filesystems "
+             "without inotify: Lustre, GPFS, NFS); 0 turns it off.")] = "2s",
     exit_when_idle: Annotated[bool, typer.Option(
         "--exit-when-idle", help="Exit once no run is pending, running or paused (demos, batch use).")] = False,
 ) -> None:
@@ -336,8 +340,12 @@ def daemon(
 
     seconds = _poll_seconds(poll)
     try:
+        log_seconds = parse_duration(log_poll)
+    except ValueError as exc:
+        fail(f"--log-poll {log_poll!r}: {exc}")
+    try:
         with instance_lock(state.home):
-            Daemon(supervisor_obj(), seconds, exit_when_idle=exit_when_idle).run()
+            Daemon(supervisor_obj(), seconds, log_poll=log_seconds, exit_when_idle=exit_when_idle).run()
     except AlreadyRunning as exc:
         fail(str(exc), code=1)
     err.print(f"supervisor daemon stopped (poll was {format_duration(seconds)})", markup=False)
