@@ -143,6 +143,9 @@ class ExcludedNode(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     node: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
+    # The log line that was the evidence against the node, and its number in the attempt's log.
+    evidence: Mapped[str | None] = mapped_column(Text, nullable=True)
+    line: Mapped[int | None] = mapped_column(nullable=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -21,6 +21,9 @@ CUT_OFF_REASONS: dict[str, str] = {"TimeLimit": "time limit"}
 # How long a job may wait for a reason that never clears before a person is asked (spec `pending_grace`).
 PENDING_GRACE_S = 600.0
 
+# How many nodes one run may keep excluded at once (spec `max_excluded_nodes`); past it a person is told.
+MAX_EXCLUDED_NODES = 4
+
 
 class Refused(Exception):
     """A user command that cannot apply to the run as it is; the message says why."""
@@ -110,6 +113,8 @@ class RunView:
     stages: tuple[StageView, ...]
     # Signature name -> how many resubmissions it may cause in one stage before the stage fails.
     resubmit_limits: Mapping[str, int] = field(default_factory=dict)
+    excluded_nodes: tuple[str, ...] = ()  # the run's exclusions in force now
+    max_excluded_nodes: int = MAX_EXCLUDED_NODES
 
     def stage(self, name: str) -> StageView:
         return next(s for s in self.stages if s.name == name)
@@ -131,3 +136,6 @@ class Observation:
     saved_mark: str | None = None  # the newest saved checkpoint now; a new one is a sign of life
     # The hang hint the log ends on now, e.g. "extension_build_hang" (None: none, or output went on after it).
     hang_hint: str | None = None
+    # Per node of the attempt's allocation, the names and addresses it answers to (NodeAddr, NodeHostName and
+    # their IP addresses); looked up only when a failure line names a host that is no node name of it.
+    node_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
