@@ -109,6 +109,22 @@ def test_show_lists_excluded_nodes(harness: Harness) -> None:
     assert "[xid 79] fell off the bus" in row
 
 
+def test_show_json_lists_each_exclusions_reason_evidence_and_expiry(harness: Harness) -> None:
+    from supervisor.app.service import Supervisor
+    from supervisor.domain import core
+    from supervisor.domain.types import RunState
+
+    harness.submit(run_spec())
+    line = "srun: error: gpu-node-17: task 3: Bus error"
+    recorded = Supervisor(harness.home).apply(1, RunState.PENDING, [
+        core.ExcludeNode("gpu-node-17", "bus_error in a attempt 1: named in the line", evidence=line, line=12)])
+    assert recorded
+    (excluded,) = json.loads(harness.cli("show", "r1", "--json").out)["excluded_nodes"]
+    assert excluded["node"] == "gpu-node-17" and excluded["reason"].endswith("named in the line")
+    assert (excluded["evidence"], excluded["line"]) == (line, 12)
+    assert datetime.fromisoformat(excluded["until"]) > datetime.now(UTC)
+
+
 def test_no_colour_when_not_a_terminal(harness: Harness) -> None:
     harness.submit(run_spec())
     for args in (("status",), ("show", "r1"), ("--help",)):

@@ -34,7 +34,7 @@ def test_successful_axolotl_log(catalogue: Catalogue) -> None:
     assert set(result) == {"matches", "verdict"}
     assert [m["signature"] for m in result["matches"]] == ["extension_build_hang", "training_completed"]
     for m in result["matches"]:
-        assert set(m) == {"signature", "action", "line", "text"}
+        assert set(m) == {"signature", "action", "line", "text", "node"}
         assert m["text"].encode() in _logical_lines(FIXTURE.read_bytes())[m["line"] - 1]
     assert result["verdict"] == {"signature": "training_completed", "action": "finish"}
 
@@ -107,6 +107,18 @@ def test_startup_failure_glued_to_bar_and_no_trailing_newline(tmp_path: Path, ca
     assert ("slurm_node_failure", "srun: error: Node failure on gpu-node12") in sigs
     assert sigs[-1][0] == "node_setup_failure"  # found even without a final newline
     assert result["verdict"] == {"signature": "slurm_node_failure", "action": "resubmit_exclude_node"}
+
+
+def test_each_match_names_the_slurm_node_its_host_stands_for(tmp_path: Path, catalogue: Catalogue) -> None:
+    log = tmp_path / "slurm-9.out"
+    log.write_text(
+        "ng30904:1:2 [0] NCCL INFO NET/IB : Got completion from peer ng30903-ib.narval.calcul.quebec<43127> with "
+        "status=12 opcode=0 len=0 vendor err 129 (Recv)\n"
+        "ng30904:1:2 [0] misc/socket.cc:47 NCCL WARN Call to recv from 10.82.4.17<53822> failed : Broken pipe\n"
+        "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970\n")
+    nodes = [(m["signature"], m["node"]) for m in diagnose(log, catalogue)["matches"]]
+    # A host name loses its domain and interface suffix; an address needs the job's allocation to name a node.
+    assert nodes == [("nccl_error", "ng30903"), ("nccl_error", None), ("nccl_error", None)]
 
 
 def test_missing_file_raises(tmp_path: Path, catalogue: Catalogue) -> None:

@@ -43,7 +43,8 @@ COMPLETED = (
 )
 
 # One realistic line per built-in signature. `fake01` is a FUTURE node of the dev cluster: a valid
-# --exclude name. Lines without a node make the supervisor exclude the job's own node list.
+# --exclude name, but no node of any job's allocation: a line naming it excludes nothing. Lines without a node
+# make the supervisor exclude the job's node, the only one it has.
 LINES: dict[str, str] = {
     "nvcc_timeout": "[rank0]: RuntimeError: NVCC timeout while compiling fused kernels",
     "unsupported_device": "RuntimeError: Unsupported device: cuda:3",
@@ -261,30 +262,34 @@ def check_reaction(data: dict[str, Any], signature: str, backend: str) -> None:
         assert attempts[1]["state"] == "succeeded" and data["state"] == "succeeded"
         return
 
-    # resubmit_exclude_node: the node named in the line, else the job's own node list.
-    named = "fake01" if "fake01" in LINES[signature] else None
-    node = named or first["nodes"]
-    assert any(e["message"].startswith(f"node {node} excluded") for e in events(data, "excluded_node")), node
-    if backend != "slurm" or named:
-        assert excluded == {node}, (excluded, first["nodes"])
-    if backend != "slurm":
-        return  # recorded, but a local process has no nodes to avoid
-    if named:
+    # resubmit_exclude_node: the node named in the line when it is one of the job's, else the job's only node.
+    if "fake01" in LINES[signature]:
+        # fake01 is no node of the job's allocation: the host stays unresolved and nothing is excluded.
+        assert excluded == set() and events(data, "excluded_node") == [], excluded
         assert attempts[1]["state"] == "succeeded"
-        assert scontrol_job(attempts[1]["job_id"])["ExcNodeList"] == "fake01"
-    elif compute_nodes() == [first["nodes"]]:
-        # The one node of the one-node cluster excluded: sbatch refuses the resubmission, which proves the
-        # exclusion reached it. The supervisor's own exclusion made the job impossible, not the run: it is
-        # lifted and the job submitted again without it.
-        (lifted,) = [e for e in events(data, "excluded_node") if "lifted" in e["message"]]
-        assert "node configuration is not available" in lifted["message"]
-        assert excluded == set()
+        if backend == "slurm":
+            assert scontrol_job(attempts[1]["job_id"])["ExcNodeList"] == "(null)"
+        return
+    node = first["nodes"]
+    assert any(e["message"].startswith(f"node {node} excluded") for e in events(data, "excluded_node")), node
+    if backend != "slurm":
+        assert excluded == {node}, (excluded, first["nodes"])
+        return  # recorded, but a local process has no nodes to avoid
+    if compute_nodes() != [node]:
+        # On the multi-node cluster the job's only node stays excluded and another node takes the
+        # resubmission.
+        assert excluded == {node}, excluded
         assert attempts[1]["state"] == "succeeded" and data["state"] == "succeeded"
-        assert scontrol_job(attempts[1]["job_id"])["ExcNodeList"] == "(null)"
-    else:
-        # On the multi-node cluster another node takes the resubmission.
-        assert attempts[1]["state"] == "succeeded" and data["state"] == "succeeded"
-        assert first["nodes"] not in expand_hostlist(attempts[1]["nodes"]), (first, attempts[1])
+        assert node not in expand_hostlist(attempts[1]["nodes"]), (first, attempts[1])
+        return
+    # The one node of the one-node cluster excluded: sbatch refuses the resubmission, which proves the
+    # exclusion reached it. The supervisor's own exclusion made the job impossible, not the run: it is
+    # lifted and the job submitted again without it.
+    (lifted,) = [e for e in events(data, "excluded_node") if "lifted" in e["message"]]
+    assert "node configuration is not available" in lifted["message"]
+    assert excluded == set()
+    assert attempts[1]["state"] == "succeeded" and data["state"] == "succeeded"
+    assert scontrol_job(attempts[1]["job_id"])["ExcNodeList"] == "(null)"
 
 
 @SLURM_ONLY
@@ -668,7 +673,7 @@ def test_diagnose_with_run_signatures_and_missing_file(harness: Harness, tmp_pat
     assert "gpu_fell_off" not in {m["signature"] for m in without["matches"]}
     data = json.loads(harness.cli("diagnose", str(log), "--run", "custom", "--json").out)
     assert {"signature": "gpu_fell_off", "action": "resubmit_exclude_node", "line": 50,
-            "text": "NVRM: Xid 79: GPU has fallen off the bus on gpu12"} in data["matches"]
+            "text": "NVRM: Xid 79: GPU has fallen off the bus on gpu12", "node": "gpu12"} in data["matches"]
     assert data["verdict"] == {"signature": "gpu_fell_off", "action": "resubmit_exclude_node"}
 
     missing = harness.cli("diagnose", str(tmp_path / "nope.log"), "--json", check=False)

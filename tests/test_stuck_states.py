@@ -6,6 +6,7 @@ waiting for it; the jobs, sbatch, squeue and scancel are real.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import time
@@ -216,6 +217,33 @@ sleep 300
     assert data["excluded_nodes"] == []
     assert "ExcNodeList=(null)" in subprocess.run(["scontrol", "show", "job", "--oneliner", second["job_id"]],
                                                   capture_output=True, text=True, timeout=60).stdout
+
+
+@pytest.mark.slurm
+def test_a_line_naming_the_nodes_address_excludes_that_node_by_name(bench: Bench) -> None:
+    _, node = one_node_partition()
+    # What the line names is an IP address of the node (its NodeAddr resolved), never its SLURM name.
+    address = socket.gethostbyname(node)
+    line = f"{node}:2210:2301 [0] misc/socket.cc:47 NCCL WARN Call to recv from {address}<53822> failed : Broken pipe"
+    body = f"""
+if [ "$SUPERVISOR_ATTEMPT" -ge 2 ]; then exit 0; fi
+echo {line!r}
+sleep 300
+"""
+    bench.register("addressed", {"name": "s", "script": bench.script("addressed.sbatch", body), "max_attempts": 2,
+                                 "retry_backoff": 0})
+    bench.tick_until(lambda: bench.sv.show("addressed")["state"] in ("succeeded", "failed", "needs_attention"),
+                     "the run to settle")
+    data = bench.sv.show("addressed")
+    first, second = bench.attempts("addressed")
+    assert (first["cause"], first["nodes"]) == ("nccl_error", node)
+    excluded, lifted = kinds(data, "excluded_node")
+    assert excluded["message"].startswith(f"node {node} excluded"), excluded
+    assert "named in the line" in excluded["message"]
+    # Excluding the only node makes sbatch refuse: the exclusion is lifted, not the run failed.
+    assert lifted["message"].startswith(f"exclusion of {node} lifted: sbatch refused the job with them")
+    assert second["state"] == "succeeded" and data["state"] == "succeeded"
+    assert data["excluded_nodes"] == []
 
 
 @pytest.mark.slurm

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -222,6 +223,58 @@ def show(
     show_all(render.show_renderables(data, all_events=all_events))
 
 
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="DATE",
+        help="Only runs active since DATE (2026-12-01 or 2026-12-01T08:00; UTC unless it names a zone).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html_file: Annotated[Path | None, typer.Option(
+        "--html", metavar="FILE", help="Also write one self-contained HTML page: timelines, loss curves, waste.")
+    ] = None,
+) -> None:
+    """Node-hours used and wasted per run and cause, failures by signature, wall time per stage."""
+    from supervisor.app import report as reporting
+
+    since_at = _since(since)
+    with user_errors():
+        data = _report_data(since_at)
+    if html_file is not None:
+        try:
+            reporting.write_html(data, html_file)
+        except OSError as exc:
+            fail(f"--html {html_file}: {exc.strerror or exc}")
+        err.print(f"wrote {html_file}", markup=False, highlight=False)
+    if as_json:
+        print_json(data)
+    elif html_file is None:
+        show_all(reporting.report_renderables(data))
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--since {value!r}: not a date (expected 2026-12-01 or 2026-12-01T08:00)")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _report_data(since: datetime | None) -> dict[str, Any]:
+    from supervisor.app.report import checkpoint_times, scheduler_figures
+    from supervisor.store.readmodels import FileReader
+
+    options: dict[str, Any] = {"since": since, "checkpoints": checkpoint_times,
+                               "figures": scheduler_figures(state.home)}
+    if (direct := FileReader.open(state.home)) is not None:
+        return direct.report(**options)
+    from supervisor.store import readmodels
+
+    with reader_obj().sessions() as session:
+        return readmodels.report(session, **options)
+
+
 def _simple(action: Callable[[Any, str], T], name: str, done: str) -> T:
     with user_errors():
         result = action(supervisor_obj(), name)
@@ -274,6 +327,10 @@ def _poll_seconds(value: str) -> float:
 def daemon(
     poll: Annotated[str, typer.Option("--poll", metavar="DURATION",
                                       help="Time between ticks: 90s, 30m, 2h or seconds.")] = "30s",
+    log_poll: Annotated[str, typer.Option(
+        "--log-poll", metavar="DURATION",
+        help="How often live logs are checked for growth without asking the cluster (for filesystems "
+             "without inotify: Lustre, GPFS, NFS); 0 turns it off.")] = "2s",
     exit_when_idle: Annotated[bool, typer.Option(
         "--exit-when-idle", help="Exit once no run is pending, running or paused (demos, batch use).")] = False,
 ) -> None:
@@ -283,8 +340,12 @@ def daemon(
 
     seconds = _poll_seconds(poll)
     try:
+        log_seconds = parse_duration(log_poll)
+    except ValueError as exc:
+        fail(f"--log-poll {log_poll!r}: {exc}")
+    try:
         with instance_lock(state.home):
-            Daemon(supervisor_obj(), seconds, exit_when_idle=exit_when_idle).run()
+            Daemon(supervisor_obj(), seconds, log_poll=log_seconds, exit_when_idle=exit_when_idle).run()
     except AlreadyRunning as exc:
         fail(str(exc), code=1)
     err.print(f"supervisor daemon stopped (poll was {format_duration(seconds)})", markup=False)

@@ -7,6 +7,7 @@ checkpoints and asking the cluster about one job happen with no database session
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,9 @@ import structlog
 from supervisor.app.clusters import Clusters
 from supervisor.app.contexts import context_for
 from supervisor.domain import core
+from supervisor.domain.core.observe import wants_node_addresses
 from supervisor.domain.errors import ClusterError, SupervisorError
+from supervisor.domain.ports import NodeDirectory
 from supervisor.domain.types import AttemptState, JobInfo
 from supervisor.logs.follow import LogCursor, LogWatcher, Seen
 from supervisor.stages import Kind, StageContext
@@ -28,6 +31,11 @@ log = structlog.get_logger("supervisor")
 
 # Enough of a log's end for the kinds' success lines (axolotl's and the transfer's).
 LOG_TAIL_BYTES = 64 * 1024
+
+# Attempts whose allocation's node addresses are remembered (one lookup per attempt and allocation).
+ADDRESS_CACHE_SIZE = 256
+
+Addresses = Mapping[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Observer:
         self.repo = repo
         self.clusters = clusters
         self.logs = logs
+        self._addresses: OrderedDict[tuple[int, tuple[str, ...]], Addresses] = OrderedDict()
 
     def snapshot(self, run_id: int) -> tuple[core.RunView, list[_Live], Any] | None:
         with self.repo.sessions() as session:
@@ -103,7 +112,8 @@ class Observer:
                 job=job, missing_polls=polled.missing.get(item.view.job_id or "", 0), matches=seen.matches,
                 progress=seen.progress, new_output=seen.new_output, work_finished=finished, succeeded=succeeded,
                 saved_mark=saved,
-                hang_hint=str(hint["signature"]) if hint else None)
+                hang_hint=str(hint["signature"]) if hint else None,
+                node_addresses=self._node_addresses(item, job, seen))
         return RunObservation(view=view, observations=observations, tails=tails)
 
     def _job(self, item: _Live, polled: PollResult, seen: Seen) -> JobInfo | None:
@@ -113,6 +123,30 @@ class Observer:
             # A log wake-up read a fault on "the job's nodes" before any poll learnt them: ask for this job.
             job = self._poll_one(item.backend, item.view.job_id)
         return job
+
+    def _node_addresses(self, item: _Live, job: JobInfo | None, seen: Seen) -> Addresses:
+        """What the allocation's nodes answer to, asked only when a failure line names a host that is no node
+        name of the allocation (an IP address, an interface's name); once per attempt and allocation."""
+        nodes = wants_node_addresses(item.view, job, seen.matches)
+        if not nodes:
+            return {}
+        key = (item.attempt_id, nodes)
+        if key in self._addresses:
+            self._addresses.move_to_end(key)
+            return self._addresses[key]
+        cluster = self.clusters(item.backend)
+        if not isinstance(cluster, NodeDirectory):
+            return {}
+        try:
+            found = cluster.node_addresses(nodes)
+        except ClusterError as exc:
+            # Unknown addresses leave the host unresolved: nothing is excluded on a guess.
+            log.warning("node_lookup_failed", backend=item.backend, error=str(exc), job_id=item.view.job_id)
+            return {}
+        self._addresses[key] = found
+        while len(self._addresses) > ADDRESS_CACHE_SIZE:
+            self._addresses.popitem(last=False)
+        return found
 
     def _poll_one(self, backend: str, job_id: str | None) -> JobInfo | None:
         if job_id is None:

@@ -1,4 +1,4 @@
-"""Cluster backends: SLURM through its command-line clients, or local processes on this host.
+"""Cluster backends: SLURM through its command-line clients or through pyslurm, or local processes on this host.
 
 The adapters are imported lazily so that importing this package runs no work and needs neither
 SLURM nor a writable state directory.
@@ -14,15 +14,33 @@ from pathlib import Path
 from supervisor.domain.ports import Cluster
 from supervisor.domain.types import SubmitRequest
 
-BACKENDS = ("slurm", "local")
+BACKENDS = ("slurm", "pyslurm", "local")
 
 
 def make_cluster(kind: str, state_dir: Path) -> Cluster:
-    """The backend called ``kind``; ``state_dir`` is where a backend may keep its own records."""
+    """The backend called ``kind``; ``state_dir`` is where a backend may keep its own records.
+
+    ``pyslurm`` where pyslurm cannot load (not installed, or built for another Slurm release) is the CLI
+    backend, with a warning: the same cluster, reached another way.
+    """
     if kind == "slurm":
         from supervisor.backends.slurm_cli import SlurmCliCluster
 
         return SlurmCliCluster()
+    if kind == "pyslurm":
+        from supervisor.backends.pyslurm import PyslurmCluster
+
+        try:
+            return PyslurmCluster()
+        except (ImportError, OSError) as exc:
+            import structlog
+
+            from supervisor.backends.slurm_cli import SlurmCliCluster
+
+            structlog.get_logger(__name__).warning(
+                "backend.pyslurm_unavailable", error=str(exc), fallback="slurm",
+                hint="pip install 'slurm-llm-supervisor[pyslurm]' built against this cluster's Slurm")
+            return SlurmCliCluster()
     if kind == "local":
         from supervisor.backends.local import LocalCluster
 

@@ -326,6 +326,18 @@ class LocalCluster:
             # Nobody is left to escalate, so do not be gentle.
             _signal_group(pgid, signal.SIGKILL)
 
+    def node_addresses(self, nodes: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """Every local job runs on this host: its names and addresses, for the one node that is it."""
+        host = socket.gethostname()
+        short = host.split(".")[0]
+        if short not in nodes:
+            return {}
+        try:
+            name, aliases, ips = socket.gethostbyname_ex(host)
+        except OSError:
+            name, aliases, ips = host, [], []
+        return {short: tuple(dict.fromkeys([host, name, *aliases, *ips]))}
+
     # --- internals ---
 
     def _record_path(self, job_id: str) -> Path:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from supervisor.backends import job_environment
+from supervisor.domain import hostlist
+from supervisor.domain.accounting import SchedulerUsage
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.ports import CommandResult, CommandRunner
 from supervisor.domain.types import JobInfo, JobPhase, SubmitRequest
@@ -118,7 +121,10 @@ def render_sbatch_argv(request: SubmitRequest) -> list[str]:
         f"--error={request.log_pattern}",
     ]
     if request.exclude:
-        argv.append(f"--exclude={','.join(request.exclude)}")
+        # Only plain node names: anything else would make sbatch refuse the job or exclude other nodes.
+        names = [n for n in request.exclude if hostlist.is_node_name(n)]
+        if names:
+            argv.append(f"--exclude={hostlist.join(names)}")
     argv.extend(request.sbatch_args)
     argv.append(str(request.script))
     return argv
@@ -134,6 +140,10 @@ def squeue_argv(names: Collection[str] = ()) -> list[str]:
 
 def scancel_argv(job_id: str) -> list[str]:
     return ["scancel", job_id]
+
+
+def scontrol_show_nodes_argv(nodes: Collection[str]) -> list[str]:
+    return ["scontrol", "show", "node", "--oneliner", hostlist.join(nodes)]
 
 
 # --- pure: parsing -----------------------------------------------------------------------------
@@ -230,8 +240,9 @@ def parse_squeue(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     return jobs
 
 
-# Name last: it is the one field users control, so it may hold the separator.
-SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Start,End,JobName"
+# Name last: it is the one field users control, so it may hold the separator. ElapsedRaw (seconds) and
+# NNodes are the scheduler's own measure of what a job used: node-hours are counted from them.
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Start,End,ElapsedRaw,NNodes,JobName"
 _SACCT_FIELDS = SACCT_FORMAT.count(",") + 1
 # sacct's answer where the cluster keeps no accounting (no slurmdbd): scontrol is all there is.
 _NO_ACCOUNTING_MARKERS = ("accounting storage is disabled", "No such file or directory")
@@ -252,7 +263,7 @@ def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
     """Lines of ``sacct --parsable2 --format=SACCT_FORMAT`` (one per job allocation)."""
     jobs: list[JobInfo] = []
     for fields in _records(text, _SACCT_FIELDS, "sacct"):
-        job_id, state, exit_code, nodes, submit, start, end, name = fields
+        job_id, state, exit_code, nodes, submit, start, end, _elapsed, _count, name = fields
         phase = phase_of(state)  # "CANCELLED by 1000" reduces to CANCELLED
         nodes_ = None if nodes == "None assigned" else _nullable(nodes)
         jobs.append(
@@ -269,6 +280,17 @@ def parse_sacct(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
             )
         )
     return jobs
+
+
+def parse_sacct_usage(text: str) -> dict[str, SchedulerUsage]:
+    """Per job id, the scheduler's elapsed seconds and node count from the same sacct lines; a job that
+    never got nodes ("None assigned", NNodes 0 or blank) used nothing."""
+    usage: dict[str, SchedulerUsage] = {}
+    for fields in _records(text, _SACCT_FIELDS, "sacct"):
+        job_id, elapsed, count = fields[0].strip(), fields[7].strip(), fields[8].strip()
+        if elapsed.isdigit() and count.isdigit():
+            usage[job_id] = SchedulerUsage(int(elapsed), int(count))
+    return usage
 
 
 def parse_scontrol_record(line: str) -> dict[str, str]:
@@ -310,6 +332,19 @@ def parse_scontrol_jobs(text: str, tz: tzinfo | None = None) -> list[JobInfo]:
         for line in text.splitlines()
         if line.startswith("JobId=")
     ]
+
+
+def parse_scontrol_nodes(text: str) -> dict[str, tuple[str, ...]]:
+    """Output of ``scontrol show node -o``: per NodeName, the NodeAddr and NodeHostName it answers to
+    (each once, in that order; a name equal to the node's own is kept: it is an address too)."""
+    nodes: dict[str, tuple[str, ...]] = {}
+    for line in text.splitlines():
+        if not line.startswith("NodeName="):
+            continue
+        record = parse_scontrol_record(line)
+        names = (_nullable(record.get("NodeAddr")), _nullable(record.get("NodeHostName")))
+        nodes[record["NodeName"]] = tuple(dict.fromkeys(n for n in names if n is not None))
+    return nodes
 
 
 def error_for(argv: Sequence[str], returncode: int, stderr: str) -> ClusterError:
@@ -374,6 +409,15 @@ def run_command(
     return result
 
 
+def resolve_addresses(name: str) -> tuple[str, ...]:
+    """The IP addresses a node's address or host name stands for (none when it does not resolve)."""
+    try:
+        found = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return ()
+    return tuple(dict.fromkeys(str(info[4][0]) for info in found))
+
+
 # --- the adapter -------------------------------------------------------------------------------
 
 
@@ -389,9 +433,11 @@ class SlurmCliCluster:
         runner: CommandRunner = run_command,
         base_env: Mapping[str, str] | None = None,
         tz: tzinfo | None = None,
+        resolver: Callable[[str], tuple[str, ...]] = resolve_addresses,
     ) -> None:
         self._timeout = timeout
         self._run = runner
+        self._resolve = resolver
         self._base_env = base_env
         self._tz = tz
         self._accounting = True  # until sacct says the cluster keeps none
@@ -437,6 +483,22 @@ class SlurmCliCluster:
         if result.returncode != 0 and not any(m in result.stderr for m in _ALREADY_GONE_MARKERS):
             raise error_for(argv, result.returncode, result.stderr)
 
+    def node_addresses(self, nodes: Collection[str]) -> dict[str, tuple[str, ...]]:
+        names = [n for n in nodes if hostlist.is_node_name(n)]
+        if not names:
+            return {}
+        argv = scontrol_show_nodes_argv(names)
+        result = self._run(argv, timeout=self._timeout)
+        known = parse_scontrol_nodes(result.stdout)
+        # scontrol exits 1 when one of the nodes is unknown and still prints the others.
+        if result.returncode != 0 and not known:
+            raise error_for(argv, result.returncode, result.stderr)
+        addresses: dict[str, tuple[str, ...]] = {}
+        for node, aliases in known.items():
+            ips = [ip for alias in aliases for ip in self._resolve(alias)]
+            addresses[node] = tuple(dict.fromkeys([*aliases, *ips]))
+        return addresses
+
     def _queued(self, names: Collection[str] = ()) -> list[JobInfo]:
         argv = squeue_argv(names)
         result = self._run(argv, timeout=self._timeout)
@@ -444,21 +506,32 @@ class SlurmCliCluster:
             raise error_for(argv, result.returncode, result.stderr)
         return parse_squeue(result.stdout, self._tz)
 
+    def usage(self, job_ids: Collection[str]) -> dict[str, SchedulerUsage]:
+        """The scheduler's own elapsed time and node count of ended jobs, in one sacct call; empty where
+        the cluster keeps no accounting (the caller then counts from the attempts' recorded times)."""
+        text = self._sacct(job_ids) if job_ids else None
+        return parse_sacct_usage(text) if text is not None else {}
+
     def _accounted(self, job_ids: Collection[str]) -> list[JobInfo]:
+        text = self._sacct(job_ids)
+        return parse_sacct(text, self._tz) if text is not None else []
+
+    def _sacct(self, job_ids: Collection[str]) -> str | None:
+        """sacct's answer for these jobs; None where there is no accounting or it did not answer."""
         if not self._accounting:
-            return []
+            return None
         argv = sacct_argv(job_ids)
         try:
             result = self._run(argv, timeout=self._timeout)
         except ClusterError as exc:
             if exc.permanent:
                 self._accounting = False  # no sacct on this machine
-            return []
+            return None
         if result.returncode != 0 or any(m in result.stderr for m in _NO_ACCOUNTING_MARKERS):
             if any(m in result.stderr + result.stdout for m in _NO_ACCOUNTING_MARKERS):
                 self._accounting = False
-            return []  # unknown is what the caller gets for these jobs anyway
-        return parse_sacct(result.stdout, self._tz)
+            return None  # unknown is what the caller gets for these jobs anyway
+        return result.stdout
 
     def _known(self) -> list[JobInfo]:
         argv = list(SCONTROL_SHOW_JOBS)

@@ -38,6 +38,17 @@ class Cluster(Protocol):
         ...
 
 
+@runtime_checkable
+class NodeDirectory(Cluster, Protocol):
+    """A cluster that can say what its nodes answer to; optional: without it a host a log line names is
+    matched against the allocation's node names only."""
+
+    def node_addresses(self, nodes: Collection[str]) -> dict[str, tuple[str, ...]]:
+        """Per node of ``nodes`` the names and addresses it answers to (SLURM: NodeAddr, NodeHostName and the
+        IP addresses they resolve to); nodes the cluster does not know are absent. Raises ClusterError."""
+        ...
+
+
 class Channel(Protocol):
     """One notification destination (Slack, Matrix, a webhook)."""
 

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from supervisor.domain.core.views import PENDING_GRACE_S
+from supervisor.domain.core.views import MAX_EXCLUDED_NODES, PENDING_GRACE_S
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
 from supervisor.domain.paths import directory_problem, file_problem
@@ -132,7 +132,7 @@ class StageSpec(_Strict):
 
 class RunSpec(_Strict):
     name: str = Field(pattern=NAME_RE.pattern)
-    backend: Literal["slurm", "local"] | None = None
+    backend: Literal["slurm", "pyslurm", "local"] | None = None
     workdir: Path | None = None
     stages: list[StageSpec] = Field(min_length=1)
     axolotl_config: Path | None = None
@@ -140,6 +140,8 @@ class RunSpec(_Strict):
     merged_dir: Path | None = None
     signatures: list[dict[str, Any]] = []
     notify: list[NotifyChannelSpec] = []
+    # Nodes the run may keep excluded at once; past it a person is notified instead (0: never exclude).
+    max_excluded_nodes: Count = Field(default=MAX_EXCLUDED_NODES, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _unique_stages(self) -> RunSpec:

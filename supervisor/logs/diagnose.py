@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from supervisor.domain.core.exclusion import node_name
 from supervisor.logs.scanner import Catalogue, ScanAccumulator, ScanResult
 from supervisor.logs.tailer import DEFAULT_MAX_BYTES, TailState, read_new
 
@@ -28,7 +29,10 @@ def scan_file(path: Path, catalogue: Catalogue, chunk_bytes: int = DEFAULT_MAX_B
 
 
 def diagnose(path: Path, catalogue: Catalogue) -> dict[str, Any]:
-    """`{"matches": [{"signature", "action", "line", "text"}], "verdict": {"signature", "action"} | None}`.
+    """`{"matches": [{"signature", "action", "line", "text", "node"}], "verdict": {"signature", "action"} | None}`.
+
+    ``node`` is the SLURM node name a match's host stands for (without domain and interface suffix), or None:
+    no host named, or an IP address, which only a job's allocation can map to a node.
 
     Raises FileNotFoundError / IsADirectoryError / PermissionError for the CLI to report."""
     acc = ScanAccumulator()
@@ -37,7 +41,9 @@ def diagnose(path: Path, catalogue: Catalogue) -> dict[str, Any]:
     root = catalogue.verdict(acc.matches)
     return {
         "matches": [
-            {"signature": m.signature, "action": m.action.value, "line": m.line, "text": m.text} for m in acc.matches
+            {"signature": m.signature, "action": m.action.value, "line": m.line, "text": m.text,
+             "node": node_name(m.node)}
+            for m in acc.matches
         ],
         "verdict": None if root is None else {"signature": root.signature, "action": root.action.value},
     }

@@ -3,7 +3,8 @@
 The offset lives in the attempt row (``log_tail``) and is written in the same transaction as the
 reaction to what was read, so a restarted supervisor continues where it stopped and never reacts to
 an old line twice. inotify (``watchdog``) only wakes the daemon early; every tick also reads, because
-NFS and Lustre do not deliver inotify events for writes made on other nodes.
+NFS and Lustre do not deliver inotify events for writes made on other nodes. For those the daemon asks
+:meth:`LogWatcher.grown` every ``--log-poll``: one ``stat`` per live log, no read, no database write.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class LogWatcher:
     def __init__(self) -> None:
         self._catalogues: dict[int, tuple[str, Catalogue]] = {}
         self._watcher: Any = None
+        # Per log, the size that last made grown() say yes: a partial last line stays unread (the stored
+        # offset stays before it), and must not call for a pass every --log-poll until it is completed.
+        self._announced: dict[str, int] = {}
 
     def resubmit_limits(self, run_id: int, run_name: str, entries: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """Signatures that may cause only so many resubmissions before the stage fails (e.g. ECC, NCCL)."""
@@ -102,6 +106,27 @@ class LogWatcher:
             return Seen()
         tail = {"log_tail": state.to_dict(), "hang_hint": _hang_hint(matches, state.line_no, cursor.hang_hint)}
         return Seen(tail=tail, matches=verdict.read(matches).matches, progress=progress, new_output=read > 0)
+
+    def grown(self, cursors: Iterable[LogCursor]) -> bool:
+        """Whether any of these logs changed since it was last read: bigger than the stored offset (or
+        smaller: truncated), or another file at the path. Only ``stat``: cheap enough for every few seconds."""
+        announced: dict[str, int] = {}
+        changed = False
+        for cursor in cursors:
+            if not cursor.path or "%j" in cursor.path:
+                continue
+            try:
+                st = Path(cursor.path).stat()
+            except OSError:
+                continue  # not created yet, or its filesystem is away: the poll's pass reports that
+            state = TailState.from_dict(cursor.tail) if cursor.tail else TailState(Path(cursor.path))
+            if st.st_size == state.offset and st.st_ino == (state.inode or st.st_ino):
+                continue
+            announced[cursor.path] = st.st_size
+            if self._announced.get(cursor.path) != st.st_size:
+                changed = True
+        self._announced = announced  # logs no longer live are forgotten
+        return changed
 
     # ---- inotify wake-ups --------------------------------------------------------------------------
 

@@ -230,3 +230,46 @@ def read_model_headers(files: Sequence[Path]) -> dict[str, TensorInfo]:
 
 def total_bytes(tensors: Mapping[str, TensorInfo]) -> int:
     return sum(t.nbytes for t in tensors.values())
+
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def check_shard_index(directory: Path) -> tuple[str, ...]:
+    """The shard files ``model.safetensors.index.json`` names, checked against the directory (none: no index).
+
+    A save killed between shards leaves an index that names files which are missing or cut short; copying
+    what is there would ship a model that fails to load at the destination. Raises CheckpointError when
+    a listed file is missing, a shard's size disagrees with its header, a tensor is not in the file the
+    index names, or the index's ``total_size`` is more than the shards hold.
+    """
+    index = directory / SAFETENSORS_INDEX
+    if not index.is_file():
+        return ()
+    try:
+        data = json.loads(index.read_text())
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise TypeError("weight_map")
+    except OSError as exc:
+        raise CheckpointError(f"{index}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: not a safetensors index (no weight_map of tensor -> file)") from exc
+    names = tuple(sorted(set(weight_map.values())))
+    for name in names:
+        if Path(name).name != name:
+            raise CheckpointError(f"{index}: lists {name!r}, which is not a file next to it")
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{index}: lists {name}, which is missing")
+    headers = {name: read_safetensors_header(directory / name) for name in names}  # size vs header of each
+    for tensor, name in weight_map.items():
+        if tensor not in headers[name]:
+            raise CheckpointError(f"{directory / name}: has no tensor {tensor}, which the index puts there")
+    metadata = data.get("metadata")
+    declared = metadata.get("total_size") if isinstance(metadata, dict) else None
+    held = sum(total_bytes(h) for h in headers.values())
+    # Only "more than the shards hold" is an error: that is what a lost shard looks like, and a writer that
+    # leaves tied or non-persistent tensors out of total_size must not block a good model.
+    if isinstance(declared, int) and declared > held:
+        raise CheckpointError(f"{index}: total_size {declared} but the shards hold {held} bytes")
+    return names

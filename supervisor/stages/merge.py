@@ -18,6 +18,7 @@ from supervisor.stages import axolotl, context
 from supervisor.stages.base import StageContext, Submission
 from supervisor.stages.checkpoints import (
     SHARDED_MODEL_DIR,
+    check_shard_index,
     final_reached,
     newest_complete,
     read_model_headers,
@@ -52,19 +53,26 @@ class MergePlan:
 
 
 def plan_merge(config: axolotl.AxolotlConfig) -> MergePlan:
-    """Copy an unsharded final model when output_dir holds a readable one; else merge the final
-    sharded checkpoint. Raises StageError when training has not produced either."""
+    """Copy an unsharded final model when output_dir holds a whole one (every shard its index lists,
+    each the size its header says); else merge the final sharded checkpoint. Raises StageError when
+    training has not produced either."""
     files = unsharded_model_files(config.output_dir)
+    unusable = ""
     if files:
         try:
+            listed = check_shard_index(config.output_dir)
+            if listed:  # the shards of the save the index describes; one left from an older save is not shipped
+                files = [f for f in files if f.suffix != ".safetensors" or f.name in listed]
             headers = read_model_headers(files)
-        except CheckpointError:
-            headers = {}  # half-written by a save that hung: fall back to the sharded checkpoint
-        if headers or not any(f.suffix == ".safetensors" for f in files):
-            return MergePlan(mode="copy", checkpoint=None, model_files=tuple(f.name for f in files))
+        except CheckpointError as exc:
+            # Half-written by a save that hung or was killed: fall back to the sharded checkpoint.
+            unusable = f" (its unsharded model is not whole: {exc})"
+        else:
+            if headers or not any(f.suffix == ".safetensors" for f in files):
+                return MergePlan(mode="copy", checkpoint=None, model_files=tuple(f.name for f in files))
     final = newest_complete(config.output_dir) if final_reached(config.output_dir, config.max_steps) else None
     if final is None:
-        raise StageError(f"{config.output_dir}: no complete final checkpoint to merge", permanent=False)
+        raise StageError(f"{config.output_dir}: no complete final checkpoint to merge{unusable}", permanent=False)
     if not (final.path / SHARDED_MODEL_DIR).is_dir():
         raise StageError(f"{final.path}: no {SHARDED_MODEL_DIR} to merge (not a sharded checkpoint)")
     return MergePlan(mode="merge", checkpoint=final.path)
@@ -94,11 +102,13 @@ def render_merge(
 
 
 def merged_model_ok(directory: Path) -> bool:
-    """Supervisor-side check of a merged model: config present, safetensors headers consistent."""
+    """Supervisor-side check of a merged model before the transfer stage ships it: config present,
+    safetensors headers consistent, and every shard its index lists there."""
     files = unsharded_model_files(directory)
     if not files or not (directory / "config.json").is_file():
         return False
     try:
+        check_shard_index(directory)
         headers = read_model_headers(files)
     except CheckpointError:
         return False

@@ -114,6 +114,8 @@ class Attempt(Base):
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Identifies the newest checkpoint seen (its save time); a different one later is a sign of life.
     saved_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The newest checkpoint when the attempt was submitted: a time limit after a different one was progress.
+    start_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     stage: Mapped[Stage] = relationship(back_populates="attempts")
 
@@ -141,6 +143,9 @@ class ExcludedNode(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     node: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
+    # The log line that was the evidence against the node, and its number in the attempt's log.
+    evidence: Mapped[str | None] = mapped_column(Text, nullable=True)
+    line: Mapped[int | None] = mapped_column(nullable=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

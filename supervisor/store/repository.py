@@ -18,8 +18,9 @@ import structlog
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from supervisor.domain import core
+from supervisor.domain import core, hostlist
 from supervisor.domain.core.observe import reason_code
+from supervisor.domain.core.views import MAX_EXCLUDED_NODES
 from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec, StageSpec
@@ -93,8 +94,7 @@ class Repository:
                     wanted.setdefault(backend, []).append(job_id)
         return wanted
 
-    @staticmethod
-    def view(session: Session, run: Run, limits: Mapping[str, int] | None = None) -> core.RunView:
+    def view(self, session: Session, run: Run, limits: Mapping[str, int] | None = None) -> core.RunView:
         # The numbers the core needs are read from the stored spec as it is, not re-validated: a spec that a
         # later version refuses (a run registered before a check existed) can still be seen and cancelled.
         stage_specs = {s.get("name"): s for s in run.spec.get("stages", []) if isinstance(s, dict)}
@@ -106,13 +106,18 @@ class Repository:
                 name=stage.name, state=StageState(stage.state), budget_start=stage.budget_start, attempts=attempts,
                 **s,
             ))
+        cap = run.spec.get("max_excluded_nodes", RunSpec.model_fields["max_excluded_nodes"].default)
         return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
-                            resubmit_limits=dict(limits or {}))
+                            resubmit_limits=dict(limits or {}), excluded_nodes=self.excluded_nodes(session, run.id),
+                            max_excluded_nodes=cap if isinstance(cap, int) else MAX_EXCLUDED_NODES)
 
     def excluded_nodes(self, session: Session, run_id: int) -> tuple[str, ...]:
+        """The run's exclusions in force, as plain node names (a row an older version wrote as a whole
+        allocation's host list, or a host no node is called, is never passed to sbatch)."""
         now = self.clock.now()
-        return tuple(sorted(session.scalars(
-            select(ExcludedNode.node).where(ExcludedNode.run_id == run_id, ExcludedNode.until > now))))
+        return tuple(sorted(n for n in session.scalars(
+            select(ExcludedNode.node).where(ExcludedNode.run_id == run_id, ExcludedNode.until > now))
+            if hostlist.is_node_name(n)))
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -214,11 +219,14 @@ class Repository:
         row = session.scalar(select(ExcludedNode).where(ExcludedNode.run_id == run.id,
                                                         ExcludedNode.node == action.node))
         if row is None:
-            session.add(ExcludedNode(run_id=run.id, node=action.node, reason=action.reason, until=until))
+            session.add(ExcludedNode(run_id=run.id, node=action.node, reason=action.reason, evidence=action.evidence,
+                                     line=action.line, until=until))
         else:
-            row.until, row.reason = until, action.reason
-        self.event(session, run, EventKind.EXCLUDED_NODE, f"node {action.node} excluded until {until:%Y-%m-%d %H:%M}Z",
-                   data={"node": action.node})
+            row.until, row.reason, row.evidence, row.line = until, action.reason, action.evidence, action.line
+        self.event(session, run, EventKind.EXCLUDED_NODE,
+                   f"node {action.node} excluded until {until:%Y-%m-%d %H:%M}Z: {action.reason}",
+                   data={"node": action.node, "reason": action.reason, "evidence": action.evidence,
+                         "line": action.line, "until": until.isoformat()})
 
     def lift_exclusions(
         self, run_id: int, nodes: Sequence[str], why: str, stage: str | None = None, attempt: int | None = None,
@@ -267,6 +275,7 @@ class Repository:
             attempt = session.get(Attempt, attempt_id)
             assert attempt is not None
             attempt.saved_mark = saved_mark
+            attempt.start_mark = saved_mark
             if notes:
                 self.event(session, attempt.stage.run, EventKind.PREPARED, message, attempt.stage.name,
                            attempt.number, notes)
@@ -332,7 +341,7 @@ def attempt_view(a: Attempt) -> core.AttemptView:
         outcome=core.Outcome(a.outcome) if a.outcome else None, cause=a.cause, work_done=a.work_done,
         submitted_at=a.submitted_at, started_at=a.started_at, ended_at=a.ended_at,
         last_output_at=a.last_output_at, first_step_at=a.first_step_at, nodes=a.nodes, saved_mark=a.saved_mark,
-        reason=a.reason, reason_since=a.reason_since,
+        reason=a.reason, reason_since=a.reason_since, start_mark=a.start_mark,
     )
 
 

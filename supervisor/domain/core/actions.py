@@ -108,7 +108,9 @@ class Emit:
 @dataclass(frozen=True)
 class ExcludeNode:
     node: str
-    reason: str
+    reason: str  # the signature, the attempt and the rule that made it evidence against this node
+    evidence: str | None = None  # the log line
+    line: int | None = None  # its number in the attempt's log
 
 
 Action = Submit | Cancel | UpdateAttempt | SetStage | ResetBudget | SetRun | Emit | ExcludeNode

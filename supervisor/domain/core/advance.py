@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from supervisor.domain.core.actions import Action, Emit, Outcome, SetRun, SetStage, Submit
-from supervisor.domain.core.views import AttemptView, RunView, StageView
+from supervisor.domain.core.views import AttemptView, RunView, StageView, budget_use
 from supervisor.domain.policy import Backoff
 from supervisor.domain.types import AttemptState, EventKind, RunState, StageState
 
@@ -53,9 +53,12 @@ def _advance_stage(run: RunView, stage: StageView, now: datetime) -> list[Action
     if run.state is RunState.PENDING:
         actions.insert(0, SetRun(RunState.RUNNING))
     if current is not None:
+        counted, why = budget_use(current, stage.budget_start)
+        # Said when it matters: a chunk of a chained training is resubmitted without using the budget.
+        spared = "" if counted else f" ({why}; not counted against max_attempts)"
         actions.append(Emit(EventKind.RESUBMITTED,
-                            f"{stage.name}: attempt {number} after {current.cause or 'failure'}",
-                            stage.name, number, {"cause": current.cause}))
+                            f"{stage.name}: attempt {number} after {current.cause or 'failure'}{spared}",
+                            stage.name, number, {"cause": current.cause, "counted": counted}))
     return actions
 
 

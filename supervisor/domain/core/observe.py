@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from supervisor.domain import verdict
+from supervisor.domain.core import exclusion
 from supervisor.domain.core.actions import (
     Action,
     AttemptChanges,
     Cancel,
     Emit,
-    ExcludeNode,
     Outcome,
     SetRun,
     UpdateAttempt,
@@ -144,10 +144,18 @@ def observe(run: RunView, observations: Mapping[tuple[str, int], Observation], n
 
 
 def wants_job_nodes(attempt: AttemptView, matches: Sequence[LogMatch]) -> bool:
-    """A fault on "the job's nodes" was read before any poll learnt which nodes those are."""
-    return not attempt.nodes and any(
-        m.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and m.node is None for m in matches
-    )
+    """A fault that may bench a node was read before any poll learnt the job's nodes: which node a line
+    names, or whether the job had only one, is judged against them."""
+    return not attempt.nodes and any(m.action is SignatureAction.RESUBMIT_EXCLUDE_NODE for m in matches)
+
+
+def wants_node_addresses(attempt: AttemptView, job: JobInfo | None, matches: Sequence[LogMatch]) -> tuple[str, ...]:
+    """The allocation's nodes whose addresses it takes to tell which of them a failure line names (none: no
+    lookup). A host that already is one of the allocation's node names needs none."""
+    nodes = exclusion.allocation(attempt, job)
+    wanted = any(m.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and exclusion.needs_addresses(m.node, nodes)
+                 for m in matches)
+    return nodes if wanted else ()
 
 
 def _observe_attempt(
@@ -169,7 +177,7 @@ def _observe_attempt(
         decision: Decision = (changes.merged(**more.items()), decided) if more or decided else None
     else:
         decision = (
-            _signature(run, stage, attempt, reading.cause, work_done, job)
+            _signature(run, stage, attempt, reading.cause, work_done, job, obs)
             or _held(run, stage, attempt, job)
             or _cannot_start(stage, attempt, job, now)
             or _job_ended(run, stage, attempt, job, obs, work_done, now)
@@ -232,7 +240,7 @@ def _pending_cancel(
 
 def _signature(
     run: RunView, stage: StageView, attempt: AttemptView, cause: LogMatch | None, work_done: bool,
-    job: JobInfo | None,
+    job: JobInfo | None, obs: Observation,
 ) -> Decision:
     """A failure signature decides: end the attempt, and say what should follow."""
     if cause is None:
@@ -246,11 +254,23 @@ def _signature(
             outcome = Outcome.FAIL
     data: dict[str, object] = {"line": cause.line, "text": cause.text, "action": cause.action.value,
                                "context": list(cause.context)}
+    judged = exclusion.Judgement()
+    if outcome is Outcome.RESUBMIT and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE:
+        judged = exclusion.judge(run, stage, attempt, cause, job, obs.node_addresses)
+        data.update(judged.data())
     actions: list[Action] = [Emit(EventKind.SIGNATURE, f"{cause.signature} at line {cause.line}: {cause.text}",
                                   stage.name, attempt.number, data)]
-    if outcome is Outcome.RESUBMIT and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE:
-        for node in _nodes_to_exclude(cause, attempt, job):
-            actions.append(ExcludeNode(node, f"{cause.signature} in {stage.name} attempt {attempt.number}"))
+    actions.extend(judged.exclude)
+    if judged.capped:
+        # Past the cap more exclusions would bench the run's own capacity: a person looks at the nodes instead.
+        actions.append(Emit(
+            EventKind.NEEDS_ATTENTION,
+            f"needs attention: {', '.join(judged.capped)} not excluded after {cause.signature}: the run already "
+            f"excludes {len(run.excluded_nodes)} node(s) ({', '.join(run.excluded_nodes)}), its max_excluded_nodes "
+            f"is {run.max_excluded_nodes}; resubmitting without excluding more",
+            stage.name, attempt.number,
+            {"capped": list(judged.capped), "excluded": list(run.excluded_nodes),
+             "max_excluded_nodes": run.max_excluded_nodes, "line": cause.line, "text": cause.text}))
     actions.append(Cancel(stage.name, attempt.number, outcome, cause.signature))
     return AttemptChanges(), actions
 
@@ -366,13 +386,6 @@ def _outcome_for(action: SignatureAction, work_done: bool) -> Outcome:
     if action is SignatureAction.FINISH:
         return Outcome.FINISH
     return Outcome.RESUBMIT
-
-
-def _nodes_to_exclude(match: LogMatch, attempt: AttemptView, job: JobInfo | None) -> list[str]:
-    if match.node:
-        return [match.node]
-    nodes = (job.nodes if job is not None else None) or attempt.nodes
-    return [nodes] if nodes else []
 
 
 def _stalled(

@@ -13,9 +13,16 @@ from supervisor.domain.types import AttemptState, JobInfo, LogMatch, Progress, R
 CANNOT_START = "cannot_start"  # pending for a reason waiting never clears; a person acts first
 EXCLUSIONS_IN_THE_WAY = "exclusions_in_the_way"  # the supervisor's own --exclude list kept the job from starting
 NOT_THE_RUNS_FAULT = frozenset({CANNOT_START, EXCLUSIONS_IN_THE_WAY})
+# Ends imposed from outside the job: the cluster's clock (the signature line, or Slurm's reason "TimeLimit"
+# for a TIMEOUT job) and preemption. After a new checkpoint such an end is a chunk of a chained training.
+CUT_OFF_BY: dict[str, str] = {"slurm_time_limit": "time limit", "slurm_preempted": "preemption"}
+CUT_OFF_REASONS: dict[str, str] = {"TimeLimit": "time limit"}
 
 # How long a job may wait for a reason that never clears before a person is asked (spec `pending_grace`).
 PENDING_GRACE_S = 600.0
+
+# How many nodes one run may keep excluded at once (spec `max_excluded_nodes`); past it a person is told.
+MAX_EXCLUDED_NODES = 4
 
 
 class Refused(Exception):
@@ -38,6 +45,7 @@ class AttemptView:
     first_step_at: datetime | None = None
     nodes: str | None = None
     saved_mark: str | None = None  # identifies the newest checkpoint seen so far
+    start_mark: str | None = None  # the newest checkpoint when it was submitted (what it resumed from)
     reason: str | None = None  # the cluster's last pending reason, e.g. "Priority" or "PartitionNodeLimit"
     reason_since: datetime | None = None  # when that reason was first seen
 
@@ -61,10 +69,41 @@ class StageView:
     @property
     def used(self) -> int:
         """Attempts that count against max_attempts since the last `retry`."""
-        return sum(
-            1 for a in self.attempts
-            if a.number >= self.budget_start and a.outcome is not Outcome.OPERATOR and a.cause not in NOT_THE_RUNS_FAULT
-        )
+        return sum(1 for a in self.attempts if budget_use(a, self.budget_start)[0])
+
+
+def cut_off_by(attempt: AttemptView) -> str | None:
+    """"time limit" or "preemption" when that is how the attempt ended (or is ending); None otherwise."""
+    if attempt.cause in CUT_OFF_BY:
+        return CUT_OFF_BY[attempt.cause]
+    if attempt.state.live or attempt.state is AttemptState.SUCCEEDED or not attempt.reason:
+        return None
+    # squeue prints "TimeLimit", scontrol "TimeLimit" too; a reason may carry detail after a comma.
+    return CUT_OFF_REASONS.get(attempt.reason.split(",")[0].strip())
+
+
+def budget_use(attempt: AttemptView, budget_start: int) -> tuple[bool, str]:
+    """Whether the attempt uses up one of the stage's max_attempts, and why (``show`` prints both).
+
+    A time limit or preemption after a new checkpoint is progress, not failure: a training chained across
+    24 h limits resubmits once per chunk and must not run out of attempts on the way.
+    """
+    if attempt.number < budget_start:
+        return False, "before the last retry"
+    if attempt.outcome is Outcome.OPERATOR:
+        return False, "stopped by an operator, not by the run"
+    if attempt.cause in NOT_THE_RUNS_FAULT:
+        return False, f"{attempt.cause}: not the run's fault"
+    cut = cut_off_by(attempt)
+    if cut is not None:
+        if attempt.saved_mark is not None and attempt.saved_mark != attempt.start_mark:
+            return False, f"{cut} after a new checkpoint ({attempt.saved_mark}): progress"
+        return True, f"{cut} without a new checkpoint"
+    if attempt.state.live:
+        return True, "not ended yet"
+    if attempt.state is AttemptState.SUCCEEDED or attempt.outcome is Outcome.FINISH:
+        return True, "succeeded"
+    return True, f"ended {attempt.state.value}" + (f": {attempt.cause}" if attempt.cause else "")
 
 
 @dataclass(frozen=True)
@@ -74,6 +113,8 @@ class RunView:
     stages: tuple[StageView, ...]
     # Signature name -> how many resubmissions it may cause in one stage before the stage fails.
     resubmit_limits: Mapping[str, int] = field(default_factory=dict)
+    excluded_nodes: tuple[str, ...] = ()  # the run's exclusions in force now
+    max_excluded_nodes: int = MAX_EXCLUDED_NODES
 
     def stage(self, name: str) -> StageView:
         return next(s for s in self.stages if s.name == name)
@@ -95,3 +136,6 @@ class Observation:
     saved_mark: str | None = None  # the newest saved checkpoint now; a new one is a sign of life
     # The hang hint the log ends on now, e.g. "extension_build_hang" (None: none, or output went on after it).
     hang_hint: str | None = None
+    # Per node of the attempt's allocation, the names and addresses it answers to (NodeAddr, NodeHostName and
+    # their IP addresses); looked up only when a failure line names a host that is no node name of it.
+    node_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
