@@ -21,6 +21,8 @@ command -v rsync >/dev/null || need+=(rsync)
 # The tmux launcher's test runs a real tmux server; the no-inotify detection test watches a bindfs view.
 command -v tmux >/dev/null || need+=(tmux)
 command -v bindfs >/dev/null || need+=(bindfs)
+# `report --html` is rendered in a real headless browser.
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
     [[ $(id -u) -eq 0 ]] || { echo "test.sh: need root to install ${need[*]}" >&2; exit 1; }
     apt-get update -qq
