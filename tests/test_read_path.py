@@ -78,8 +78,9 @@ def test_the_file_reader_gives_what_the_service_gives(tmp_path: Path) -> None:
     home, sv = _home(tmp_path)
     reader = readmodels.FileReader.open(home)
     assert reader is not None
-    assert reader.status() == sv.status()
-    shown = reader.show("a")
+    # Both at the service's time: `queued_for_s` counts to "now".
+    assert reader.status(sv.now()) == sv.status()
+    shown = reader.show("a", sv.now())
     assert shown == sv.show("a")
     with sv.sessions() as session:
         assert shown["notifications"] == undelivered(session, _run_id(sv, "a"))

@@ -187,17 +187,17 @@ class FileReader:
             return None
         return reader
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self, now: datetime | None = None) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         with self._connect() as conn:
-            return status_from(conn.execute)
+            return status_from(conn.execute, now)
 
-    def show(self, name: str) -> dict[str, Any]:
+    def show(self, name: str, now: datetime | None = None) -> dict[str, Any]:
         if not self.path.exists():
             raise _no_run(name)
         with self._connect() as conn:
-            return show_from(conn.execute, name)
+            return show_from(conn.execute, name, now)
 
     def report(self, *, since: datetime | None = None, now: datetime | None = None,
                checkpoints: CheckpointTimes | None = None, figures: SchedulerFigures | None = None) -> dict[str, Any]:
