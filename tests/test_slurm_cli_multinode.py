@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from supervisor.backends.slurm_cli import SACCT_FORMAT, newest, parse_sacct, parse_scontrol_jobs, parse_squeue
+from supervisor.backends.slurm_cli import (
+    SACCT_FORMAT,
+    newest,
+    parse_sacct,
+    parse_sacct_usage,
+    parse_scontrol_jobs,
+    parse_squeue,
+)
 from supervisor.domain.hostlist import count_hosts
 from supervisor.domain.types import JobInfo, JobPhase
 
@@ -124,7 +131,17 @@ def test_sacct_knows_what_slurmctld_forgot() -> None:
     assert jobs["mn-held"].start_time is None
     assert jobs["mn-cancelled-pending"].start_time is None
     wide = jobs["mn-wide"]
-    assert (wide.start_time, wide.end_time) == (utc("2026-12-02T06:49:54"), utc("2026-12-02T06:50:23"))
+    assert (wide.start_time, wide.end_time) == (utc("2026-12-02T08:42:13"), utc("2026-12-02T08:42:44"))
+
+
+def test_sacct_figures_of_the_captured_jobs_are_elapsed_times_node_count() -> None:
+    """Node-hours come from the scheduler's own ElapsedRaw and NNodes, as the real sacct printed them."""
+    usage = parse_sacct_usage(fixture("mn_sacct.txt"))
+    ids = {job.name: job.job_id for job in parse_sacct(fixture("mn_sacct.txt"), tz=UTC)}
+    wide, pair = usage[ids["mn-wide"]], usage[ids["mn-pair"]]
+    assert (wide.elapsed_s, wide.node_count) == (31, 4)  # 4 nodes from 08:42:13 to the node failure at 08:42:44
+    assert (pair.elapsed_s, pair.node_count) == (46, 2)
+    assert usage[ids["mn-held"]].elapsed_s == 0  # never ran: uses nothing
 
 
 @pytest.mark.parametrize(
