@@ -1,6 +1,7 @@
 """Detection latency on the real SLURM cluster: a signature line written to a job log -> `scancel` returned.
 
-    .venv/bin/python bench/detect_latency.py [--trials 60] [--concurrency 2] [--poll 30s]
+    .venv/bin/python bench/detect_latency.py [--trials 60] [--concurrency 2] [--poll 30s] [--log-poll 2s]
+    .venv/bin/python bench/detect_latency.py --bindfs --poll 30s --log-poll 2s   # no inotify: Lustre-like
 
 One `supervisor daemon` (default --poll 30s, so a reaction can only come that fast through the inotify
 wake-up, not the poll) supervises a stream of one-stage runs. Each job waits a second, takes
@@ -13,6 +14,10 @@ At most ``--concurrency`` runs are active at once so a reaction pass steps a rea
 A new run is registered through the library and the daemon is nudged to submit it by creating a file
 in the watched log directory (otherwise it would wait for the next poll); that nudge is not part of any
 measured interval. A paused "keeper" run sharing the workdir keeps that directory watched throughout.
+
+``--bindfs``: the workdir the supervisor sees is a FUSE ``bindfs`` view of the directory the jobs write
+their line into, so no inotify event ever comes (as on Lustre, GPFS or NFS seen from the login node) and
+only the ``--log-poll`` cadence can find the line before the next ``--poll``.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--poll", default="30s")
+    parser.add_argument("--log-poll", default="2s")
+    parser.add_argument("--bindfs", action="store_true", help="jobs write under a bindfs view (no inotify)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
     if default_backend() != "slurm":
@@ -89,15 +96,26 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="detect-latency-"))
     home, work = root / "home", root / "work"
-    (work / "logs").mkdir(parents=True)
-    stamps = work / "stamps"
+    work.mkdir()
+    stamps = root / "stamps"
     stamps.mkdir()
+    # Where the jobs write their line: the workdir itself, or the directory under the supervisor's bindfs view.
+    real = work
+    if args.bindfs:
+        real = root / "real"
+        (real / "logs").mkdir(parents=True)
+        subprocess.run(["bindfs", str(real), str(work)], check=True)  # onto an empty directory only
+    else:
+        (work / "logs").mkdir()
+    # The line goes straight into the log file, past the file descriptor Slurm opened (through the view).
+    write_line = (f"for f in {real}/logs/*-$SLURM_JOB_ID.log; do printf '%s\\n' '{LINE}' >> \"$f\"; done"
+                  if args.bindfs else f"printf '%s\\n' '{LINE}'")
     script = root / "job.sbatch"
     script.write_text(f"""#!/bin/bash
 #SBATCH --time=00:10:00
 sleep 1
 t=$EPOCHREALTIME
-printf '%s\\n' '{LINE}'
+{write_line}
 echo "$t" > {stamps}/$SLURM_JOB_ID.tmp && mv {stamps}/$SLURM_JOB_ID.tmp {stamps}/$SLURM_JOB_ID
 sleep 300
 """)
@@ -118,7 +136,8 @@ sleep 300
     env = {**os.environ, "SUPERVISOR_HOME": str(home)}
     daemon_log = root / "daemon.log"
     with daemon_log.open("wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "supervisor", "daemon", "--poll", args.poll], env=env,
+        daemon = subprocess.Popen([sys.executable, "-m", "supervisor", "daemon", "--poll", args.poll,
+                                   "--log-poll", args.log_poll], env=env,
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -142,9 +161,13 @@ sleep 300
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
+        if args.bindfs:
+            subprocess.run(["umount", str(work)], check=False)
 
     total, detect, act = latencies(daemon_events(daemon_log), done, stamps)
-    print(f"{len(total)} trials, daemon --poll {args.poll}, concurrency {args.concurrency}, "
+    view = ", jobs writing under a bindfs view (no inotify)" if args.bindfs else ""
+    print(f"{len(total)} trials, daemon --poll {args.poll} --log-poll {args.log_poll}{view}, "
+          f"concurrency {args.concurrency}, load average {os.getloadavg()[0]:.2f}, "
           f"backend slurm ({subprocess.run(['sinfo', '-V'], capture_output=True, text=True).stdout.strip()})")
     for label, values in (("line written -> scancel returned", total),
                           ("  line written -> decision logged", detect),
