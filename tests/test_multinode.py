@@ -182,7 +182,9 @@ while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.2; done
 # ---- a node dies under a running job ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="known defect: since exclusion needs evidence inside the allocation, the node named by `srun: error: Node failure on NODE` is not excluded on this cluster (open, issue 10)")
+# Known defect (open): since exclusion needs evidence inside the allocation, the node named by
+# `srun: error: Node failure on NODE` is not excluded on this cluster.
+@pytest.mark.xfail(strict=False, reason="a node named by srun's node-failure line is not excluded yet")
 def test_killed_node_fails_the_attempt_and_the_run_completes_elsewhere_without_any_requeue(driven: Driven) -> None:
     require_multinode()
     starts = driven.root / "starts.txt"
