@@ -1,0 +1,158 @@
+"""Commands on runs: submit, status, show, report, cancel, retry, pause, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from supervisor.app import render
+from supervisor.app.cli.base import (
+    app,
+    daemon_elsewhere,
+    err,
+    fail,
+    out,
+    print_json,
+    reader_obj,
+    reading,
+    show_all,
+    state,
+    supervisor_obj,
+    user_errors,
+)
+
+T = TypeVar("T")
+
+
+@app.command()
+def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).", metavar="SPEC")]) -> None:
+    """Validate a run spec and register the run; the daemon (or `tick`) starts it."""
+    from supervisor.backends import default_backend
+
+    with user_errors():
+        name = supervisor_obj().register(spec, default_backend())
+    out.print(name, markup=False, highlight=False)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """One row per run."""
+    with user_errors():
+        rows = reading().status()
+    elsewhere = daemon_elsewhere()
+    if elsewhere:
+        err.print(f"note: {elsewhere}", markup=False, highlight=False)
+    if as_json:
+        print_json(rows)
+        return
+    out.print(render.status_table(rows))
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    all_events: Annotated[bool, typer.Option(
+        "--all", help=f"Every event, not only the last {render.EVENTS_SHOWN}.")] = False,
+) -> None:
+    """Stages, attempts, events, excluded nodes and undelivered notifications of one run."""
+    with user_errors():
+        data = reading().show(name)
+    if as_json:
+        print_json(data)
+        return
+    show_all(render.show_renderables(data, all_events=all_events))
+
+
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(
+        "--since", metavar="DATE",
+        help="Only runs active since DATE (2026-12-01 or 2026-12-01T08:00; UTC unless it names a zone).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    html_file: Annotated[Path | None, typer.Option(
+        "--html", metavar="FILE", help="Also write one self-contained HTML page: timelines, loss curves, waste.")
+    ] = None,
+) -> None:
+    """Node-hours used and wasted per run and cause, failures by signature, wall time per stage."""
+    from supervisor.app import report as reporting
+
+    since_at = _since(since)
+    with user_errors():
+        data = _report_data(since_at)
+    if html_file is not None:
+        try:
+            reporting.write_html(data, html_file)
+        except OSError as exc:
+            fail(f"--html {html_file}: {exc.strerror or exc}")
+        err.print(f"wrote {html_file}", markup=False, highlight=False)
+    if as_json:
+        print_json(data)
+    elif html_file is None:
+        show_all(reporting.report_renderables(data))
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--since {value!r}: not a date (expected 2026-12-01 or 2026-12-01T08:00)")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _report_data(since: datetime | None) -> dict[str, Any]:
+    from supervisor.app.report import checkpoint_times, scheduler_figures
+    from supervisor.store.readmodels import FileReader
+
+    options: dict[str, Any] = {"since": since, "checkpoints": checkpoint_times,
+                               "figures": scheduler_figures(state.home)}
+    if (direct := FileReader.open(state.home)) is not None:
+        return direct.report(**options)
+    from supervisor.store import readmodels
+
+    with reader_obj().sessions() as session:
+        return readmodels.report(session, **options)
+
+
+def _simple(action: Callable[[Any, str], T], name: str, done: str) -> T:
+    with user_errors():
+        result = action(supervisor_obj(), name)
+    out.print(done, markup=False, highlight=False)
+    return result
+
+
+@app.command()
+def cancel(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
+    """Cancel a run: its live jobs leave the queue and nothing new is submitted."""
+    with user_errors():
+        jobs = supervisor_obj().cancel_run(name)
+    out.print(f"cancelled {name}" + (f" (jobs {', '.join(jobs)})" if jobs else ""), markup=False)
+
+
+@app.command()
+def retry(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
+    """Run the failed stage again with a fresh attempt budget."""
+    _simple(lambda s, n: s.retry(n), name, f"retrying {name}")
+
+
+@app.command()
+def pause(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
+    """Stop new submissions (live jobs keep running and are still watched)."""
+    with user_errors():
+        changed = supervisor_obj().pause(name)
+    out.print(f"paused {name}" if changed else f"{name} is already paused", markup=False, highlight=False)
+
+
+@app.command()
+def resume(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
+    """Allow new submissions again."""
+    with user_errors():
+        changed = supervisor_obj().resume(name)
+    out.print(f"resumed {name}" if changed else f"{name} is not paused: nothing to resume", markup=False,
+              highlight=False)

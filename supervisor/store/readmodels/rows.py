@@ -1,0 +1,234 @@
+"""The rows the read models share: the attempt columns, the SQL, and the small conversions of one row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from supervisor.domain import accounting
+from supervisor.domain.errors import UserError
+from supervisor.domain.hostlist import count_hosts
+from supervisor.domain.types import AttemptState, StageKind
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from supervisor.store.models import Attempt, Stage
+
+
+
+# store.db.DB_NAME: importing that module would import SQLAlchemy (a test keeps the two equal).
+DB_FILE = "supervisor.db"
+
+
+# A reader waits this long for a writer's commit, as every other connection does (store.db.BUSY_TIMEOUT_MS).
+BUSY_TIMEOUT_S = 30.0
+
+
+Query = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """The columns of an attempt that `status` and `show` report, read with plain SQL."""
+
+    number: int
+    job_id: str | None
+    state: str
+    backend: str
+    submitted_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    exit_code: int | None
+    nodes: str | None
+    reason: str | None
+    reason_since: datetime | None
+    cause: str | None
+    outcome: str | None
+    log_path: str | None
+    progress_step: int | None
+    progress_total: int | None
+    saved_mark: str | None
+    start_mark: str | None
+    work_done: bool | None
+    first_step_at: datetime | None
+    last_output_at: datetime | None
+
+
+ATTEMPT_COLUMNS = tuple(AttemptRow.__dataclass_fields__)
+
+
+ATTEMPT_TIMES = frozenset({"submitted_at", "started_at", "ended_at", "reason_since", "first_step_at",
+                            "last_output_at"})
+
+
+ATTEMPT_SELECT = ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
+
+
+# The current stage is the first one not yet succeeded, else the last; its attempt is the newest. The
+# correlated subqueries walk the (run_id, position) and (stage_id, number) unique indexes.
+STATUS_SQL = f"""
+SELECT r.name, r.state, r.updated_at, r.backend, r.reason, s.name, {ATTEMPT_SELECT}
+FROM runs AS r
+LEFT JOIN stages AS s ON s.id = COALESCE(
+    (SELECT id FROM stages WHERE run_id = r.id AND state != ? ORDER BY position LIMIT 1),
+    (SELECT id FROM stages WHERE run_id = r.id ORDER BY position DESC LIMIT 1))
+LEFT JOIN attempts AS a ON a.id = (SELECT id FROM attempts WHERE stage_id = s.id ORDER BY number DESC LIMIT 1)
+ORDER BY r.id
+"""
+
+
+RUN_SQL = "SELECT id, name, state, reason, backend, workdir, created_at, updated_at FROM runs WHERE {} = ?"
+
+
+STAGES_SQL = f"""
+SELECT s.name, s.kind, s.state, s.budget_start, {ATTEMPT_SELECT}
+FROM stages AS s LEFT JOIN attempts AS a ON a.stage_id = s.id
+WHERE s.run_id = ? ORDER BY s.position, a.number
+"""
+
+
+EVENTS_SQL = "SELECT at, kind, stage, attempt, message FROM events WHERE run_id = ? ORDER BY id"
+
+
+EXCLUDED_SQL = "SELECT node, reason, evidence, line, until FROM excluded_nodes WHERE run_id = ? ORDER BY id"
+
+
+# notify.queue.undelivered, as plain SQL (that module imports the notifier stack).
+OUTBOX_SQL = """
+SELECT id, channel, kind, state, tries, last_error, next_try_at, payload FROM outbox
+WHERE run_id = ? AND state != 'delivered' ORDER BY id
+"""
+
+
+OUTBOX_META = "_outbox"  # notify.queue._META
+
+
+def attempt_facts(row: Attempt, now: datetime) -> dict[str, Any]:
+    """What a notification about this attempt can say: job id, progress, ETA, node-hours spent."""
+    facts: dict[str, Any] = {}
+    if row.job_id:
+        facts["job_id"] = row.job_id
+    if row.started_at is not None:
+        elapsed = ((row.ended_at or now) - row.started_at).total_seconds()
+        facts["node_hours"] = round(count_hosts(row.nodes or "") * max(elapsed, 0.0) / 3600, 2)
+        if row.progress_step and row.progress_total and row.progress_step < row.progress_total:
+            facts["eta_s"] = round(elapsed * (row.progress_total - row.progress_step) / row.progress_step)
+    if row.progress_step is not None:
+        facts["progress_step"] = row.progress_step
+        facts["progress_total"] = row.progress_total
+    return facts
+
+
+def attempts_of(session: Session, stage: Stage) -> list[Attempt]:
+    from sqlalchemy import select
+
+    from supervisor.store.models import Attempt
+
+    return list(session.scalars(select(Attempt).where(Attempt.stage_id == stage.id).order_by(Attempt.number)))
+
+
+def attempt_json(a: AttemptRow, now: datetime | None = None) -> dict[str, Any]:
+    return {
+        "number": a.number, "job_id": a.job_id, "state": a.state, "backend": a.backend,
+        "submitted_at": iso(a.submitted_at), "started_at": iso(a.started_at), "ended_at": iso(a.ended_at),
+        "exit_code": a.exit_code, "nodes": a.nodes, "reason": a.reason, "cause": a.cause,
+        "outcome": a.outcome, "log": a.log_path, "progress": progress_of(a),
+        "pending_reason": pending_reason(a), "pending_since": iso(a.reason_since) if pending_reason(a) else None,
+        "queued_for_s": queued_for_s(a, now or datetime.now(UTC)),
+    }
+
+
+def budget_of(a: AttemptRow, budget_start: int | None) -> dict[str, Any]:
+    """Whether the attempt used up one of the stage's max_attempts, and why: the core's own rule."""
+    # Imported here: the decision core costs `status` ~18 ms of imports it never needs.
+    from supervisor.domain.core.actions import Outcome
+    from supervisor.domain.core.views import AttemptView, budget_use
+
+    view = AttemptView(number=a.number, state=AttemptState(a.state), outcome=Outcome(a.outcome) if a.outcome else None,
+                       cause=a.cause, reason=a.reason, saved_mark=a.saved_mark, start_mark=a.start_mark)
+    counted, why = budget_use(view, budget_start if budget_start is not None else 1)
+    return {"counted": counted, "counted_why": why}
+
+
+def accounting_facts(
+    a: AttemptRow, kind: str, *, hung: bool, checkpoint_at: datetime | None = None,
+    usage: accounting.SchedulerUsage | None = None,
+) -> accounting.AttemptFacts:
+    """What the accounting is told of one attempt: its row, whether a hang was detected in it (a STALLED
+    event), and where the caller knows them, its last complete checkpoint and the scheduler's own figures."""
+    return accounting.AttemptFacts(
+        state=a.state, started_at=a.started_at, ended_at=a.ended_at, nodes=a.nodes, usage=usage, cause=a.cause,
+        exit_code=a.exit_code, work_done=bool(a.work_done), steps_expected=kind == StageKind.TRAIN.value,
+        first_step_at=a.first_step_at, last_output_at=a.last_output_at, checkpoint_at=checkpoint_at, hung=hung,
+    )
+
+
+def pending_reason(attempt: AttemptRow | None) -> str | None:
+    """Why the cluster has not started the job yet (Slurm's reason, e.g. "Priority"); None once it started."""
+    if attempt is None or attempt.state != AttemptState.QUEUED.value:
+        return None
+    return attempt.reason
+
+
+def queued_for_s(attempt: AttemptRow | None, now: datetime) -> int | None:
+    """Seconds the job waited in the queue: so far while queued, until it started (or ended unstarted) after."""
+    if attempt is None or attempt.submitted_at is None or attempt.state == AttemptState.SUBMITTING.value:
+        return None
+    queued = attempt.state == AttemptState.QUEUED.value
+    until = now if queued else attempt.started_at or attempt.ended_at or now
+    return max(0, round((until - attempt.submitted_at).total_seconds()))
+
+
+def session_query(session: Session) -> Query:
+    """The same plain SQL through the Session's own connection (its transaction, its view of the data)."""
+    def query(sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:
+        return session.connection().exec_driver_sql(sql, tuple(params))
+
+    return query
+
+
+def attempt_row(columns: Sequence[Any]) -> AttemptRow | None:
+    """The attempt in ``columns`` (in ``ATTEMPT_COLUMNS`` order); None for a LEFT JOIN that found none."""
+    values = dict(zip(ATTEMPT_COLUMNS, columns, strict=True))
+    if values["number"] is None:
+        return None
+    for name in ATTEMPT_TIMES:
+        values[name] = as_time(values[name]) if values[name] is not None else None
+    return AttemptRow(**values)
+
+
+def no_run(name: str) -> UserError:
+    return UserError(f"no run named {name!r} (see `supervisor status`)")  # as Repository.run_named says
+
+
+def undelivered(query: Query, run_id: int) -> list[dict[str, Any]]:
+    rows = []
+    for entry_id, channel, kind, state, tries, last_error, next_try_at, payload in query(OUTBOX_SQL, (run_id,)):
+        meta = json.loads(payload).get(OUTBOX_META) if payload else None
+        rows.append({
+            "id": entry_id, "channel": channel, "kind": kind, "state": state, "tries": tries,
+            "last_error": last_error, "next_try_at": iso(as_time(next_try_at) if next_try_at else None),
+            "merged_into": meta.get("merged_into") if isinstance(meta, dict) else None,
+        })
+    return rows
+
+
+def as_time(value: str | datetime) -> datetime:
+    """A UTCDateTime column as SQLite holds it (naive UTC text, "2026-12-02 07:10:00.000000"), made aware."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def progress_of(attempt: AttemptRow | None) -> dict[str, int | None] | None:
+    if attempt is None or attempt.progress_step is None:
+        return None
+    return {"step": attempt.progress_step, "total": attempt.progress_total}
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

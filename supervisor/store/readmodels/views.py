@@ -1,0 +1,100 @@
+"""`status` and `show`: plain, JSON-ready dictionaries, one query for every run, one indexed query per table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from supervisor.domain import accounting
+from supervisor.domain.types import EventKind, StageState
+from supervisor.store.readmodels.rows import (
+    EVENTS_SQL,
+    EXCLUDED_SQL,
+    RUN_SQL,
+    STAGES_SQL,
+    STATUS_SQL,
+    AttemptRow,
+    Query,
+    accounting_facts,
+    as_time,
+    attempt_json,
+    attempt_row,
+    budget_of,
+    no_run,
+    pending_reason,
+    progress_of,
+    queued_for_s,
+    session_query,
+    undelivered,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from supervisor.store.models import Run
+
+
+
+def status_rows(session: Session, now: datetime | None = None) -> list[dict[str, Any]]:
+    return status_from(session_query(session), now)
+
+
+def show(session: Session, run: Run, now: datetime | None = None) -> dict[str, Any]:
+    return show_from(session_query(session), run.id, now)
+
+
+def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    rows = []
+    for name, state, updated_at, backend, reason, stage, *columns in query(STATUS_SQL, (StageState.SUCCEEDED.value,)):
+        attempt = attempt_row(columns)
+        rows.append({
+            "name": name,
+            "state": state,
+            "stage": stage,
+            "attempt": attempt.number if attempt else None,
+            "job_id": attempt.job_id if attempt else None,
+            "updated_at": as_time(updated_at).isoformat(),
+            "backend": backend,
+            "progress": progress_of(attempt),
+            "reason": reason,
+            "pending_reason": pending_reason(attempt),
+            "queued_for_s": queued_for_s(attempt, now),
+        })
+    return rows
+
+
+def show_from(query: Query, run: int | str, now: datetime | None = None) -> dict[str, Any]:
+    """`show` of the run with this id, or this name (UserError when there is none)."""
+    now = now or datetime.now(UTC)
+    found = list(query(RUN_SQL.format("id" if isinstance(run, int) else "name"), (run,)))
+    if not found:
+        raise no_run(str(run))
+    run_id, run_name, state, reason, backend, workdir, created_at, updated_at = found[0]
+    stages: list[dict[str, Any]] = []
+    rows: list[tuple[dict[str, Any], str, str, AttemptRow]] = []
+    for stage_name, kind, stage_state, budget_start, *columns in query(STAGES_SQL, (run_id,)):
+        if not stages or stages[-1]["name"] != stage_name:
+            stages.append({"name": stage_name, "kind": kind, "state": stage_state, "attempts": []})
+        if (attempt := attempt_row(columns)) is not None:  # None: a stage with no attempt yet (LEFT JOIN)
+            stages[-1]["attempts"].append({**attempt_json(attempt, now), **budget_of(attempt, budget_start)})
+            rows.append((stages[-1]["attempts"][-1], stage_name, kind, attempt))
+    event_rows = list(query(EVENTS_SQL, (run_id,)))
+    events = [
+        {"at": as_time(at).isoformat(), "kind": kind, "stage": stage, "attempt": attempt, "message": message}
+        for at, kind, stage, attempt, message in event_rows
+    ]
+    hangs = {(stage, attempt) for _, kind, stage, attempt, _ in event_rows if kind == EventKind.STALLED.value}
+    for shown, stage_name, kind, attempt in rows:
+        c = accounting.cost(accounting_facts(attempt, kind, hung=(stage_name, attempt.number) in hangs), now)
+        shown.update(node_hours=accounting.hours(c.node_seconds), wasted_node_hours=accounting.hours(c.wasted),
+                     waste_cause=c.cause)
+    excluded = [
+        # The evidence is the log line the exclusion rests on (None for a row recorded before it was kept).
+        {"node": node, "reason": why, "evidence": evidence, "line": line, "until": as_time(until).isoformat()}
+        for node, why, evidence, line, until in query(EXCLUDED_SQL, (run_id,))
+    ]
+    return {"name": run_name, "state": state, "reason": reason, "backend": backend,
+            "workdir": workdir, "created_at": as_time(created_at).isoformat(),
+            "updated_at": as_time(updated_at).isoformat(), "stages": stages, "events": events,
+            "excluded_nodes": excluded, "notifications": undelivered(query, run_id)}
