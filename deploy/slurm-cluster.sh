@@ -148,7 +148,8 @@ slurmd_logfile() { # node
 check_node() { # name: exit 2 unless it is one of this cluster's compute nodes
     local name=${1:-}
     [[ -n $name ]] || usage_error "which node? one of: $(node_names | tr '\n' ' ')"
-    node_names | grep -qxF -- "$name" || usage_error "unknown node '$name'; this cluster has: $(node_names | tr '\n' ' ')"
+    # grep without -q: with pipefail, -q exiting at the first match can fail node_names with SIGPIPE.
+    node_names | grep -xF -- "$name" >/dev/null || usage_error "unknown node '$name'; this cluster has: $(node_names | tr '\n' ' ')"
 }
 
 # ---- install and configure ---------------------------------------------------------------------
@@ -431,13 +432,13 @@ start_dbd() {
 }
 
 register_accounting() { # cluster, account and root in it; each only once
-    if ! slurm sacctmgr -n -P list cluster format=cluster | grep -qxF "$CLUSTER_NAME"; then
+    if ! slurm sacctmgr -n -P list cluster format=cluster | grep -xF "$CLUSTER_NAME" >/dev/null; then
         slurm sacctmgr -i add cluster "$CLUSTER_NAME" >/dev/null
     fi
-    if ! slurm sacctmgr -n -P list account format=account | grep -qxF "$ACCOUNT"; then
+    if ! slurm sacctmgr -n -P list account format=account | grep -xF "$ACCOUNT" >/dev/null; then
         slurm sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER_NAME" Description="dev cluster" Organization=dev >/dev/null
     fi
-    if ! slurm sacctmgr -n -P list association where user=root account="$ACCOUNT" format=user | grep -qxF root; then
+    if ! slurm sacctmgr -n -P list association where user=root account="$ACCOUNT" format=user | grep -xF root >/dev/null; then
         slurm sacctmgr -i add user root Account="$ACCOUNT" Cluster="$CLUSTER_NAME" >/dev/null
     fi
 }
@@ -470,7 +471,7 @@ start_slurmd() { # node
     slurm slurmd -f "$CONF" -N "$1"
 }
 
-ctld_answers() { slurm scontrol ping 2>/dev/null | grep -q 'is UP'; }
+ctld_answers() { slurm scontrol ping 2>/dev/null | grep 'is UP' >/dev/null; }
 
 node_idle() { # node
     local state

@@ -10,6 +10,8 @@ import pytest
 
 from supervisor.backends.slurm_cli import (
     SlurmCliCluster,
+    is_down,
+    parse_scontrol_node_states,
     parse_scontrol_nodes,
     render_sbatch_argv,
     scontrol_show_nodes_argv,
@@ -51,10 +53,10 @@ def run_of(*attempts: AttemptView, excluded: tuple[str, ...] = (), cap: int = 4)
 
 
 def on(nodes: str, host: str | None = None, addresses: Mapping[str, tuple[str, ...]] | None = None,
-       text: str = "NCCL error: remote peer closed") -> Observation:
+       text: str = "NCCL error: remote peer closed", down: frozenset[str] = frozenset()) -> Observation:
     job = JobInfo(job_id="10", name="t", phase=JobPhase.RUNNING, nodes=nodes, raw_state="RUNNING")
     return Observation(job=job, matches=(LogMatch("nccl_error", EXCLUDE, 12, text, node=host),),
-                       node_addresses=addresses or {})
+                       node_addresses=addresses or {}, down_nodes=down)
 
 
 def decide(run: RunView, obs: Observation) -> list[core.Action]:
@@ -128,6 +130,27 @@ def test_an_unnamed_failure_on_a_multi_node_allocation_excludes_nothing_the_firs
     assert core.Cancel("train", 1, Outcome.RESUBMIT, "nccl_error") in actions
 
 
+def test_an_unnamed_failure_excludes_the_allocations_one_node_the_scheduler_marks_down() -> None:
+    actions = decide(run_of(running()), on("node[01-03]", down=frozenset({"node02", "node09"})))
+    assert excluded(actions) == ["node02"]
+    assert "marks down" in str(signature_data(actions)["exclusion"])
+
+
+def test_two_nodes_down_in_the_allocation_are_no_evidence_against_either() -> None:
+    assert excluded(decide(run_of(running()), on("node[01-03]", down=frozenset({"node02", "node03"})))) == []
+
+
+def test_the_scheduler_is_asked_only_for_an_unnamed_fault_on_several_nodes() -> None:
+    unnamed = (LogMatch("slurm_node_failure", EXCLUDE, 3, "*** STEP 41.0 ON node01 ... DUE TO NODE FAILURE ***"),)
+    named = (LogMatch("slurm_node_failure", EXCLUDE, 4, "srun: error: Node failure on node02", node="node02"),)
+    job = JobInfo(job_id="10", name="t", phase=JobPhase.RUNNING, nodes="node[01-03]", raw_state="RUNNING")
+    single = JobInfo(job_id="10", name="t", phase=JobPhase.RUNNING, nodes="node01", raw_state="RUNNING")
+    assert core.wants_down_nodes(running(), job, unnamed) == ("node01", "node02", "node03")
+    assert core.wants_down_nodes(running(), job, unnamed + named) == ()  # the later line names it
+    assert core.wants_down_nodes(running(), job, named) == ()
+    assert core.wants_down_nodes(running(), single, unnamed) == ()
+
+
 def test_an_unnamed_failure_excludes_the_jobs_only_node() -> None:
     assert excluded(decide(run_of(running()), on("lrdn0007"))) == ["lrdn0007"]
 
@@ -198,6 +221,29 @@ def test_parse_scontrol_show_node_golden() -> None:
     # scontrol prints "Node fake01 not found" among the records (exit status 1): no node of that name.
     assert "Node fake01 not found" in text
     assert parse_scontrol_nodes(text) == {"vm": ("vm",)}
+
+
+def test_a_killed_nodes_state_reads_as_down() -> None:
+    # Captured on the 4-node test cluster ~25 s after `deploy/slurm-cluster.sh kill-node node03`:
+    # IDLE, then IDLE+NOT_RESPONDING after SlurmdTimeout, then DOWN+NOT_RESPONDING.
+    states = parse_scontrol_node_states((FIXTURES / "mn_scontrol_show_node_down.txt").read_text())
+    assert states == {"node02": "IDLE", "node03": "DOWN+NOT_RESPONDING"}
+    assert [s for s in ("IDLE", "ALLOCATED", "MIXED+DRAIN", "DOWN+NOT_RESPONDING", "IDLE+NOT_RESPONDING",
+                        "FAIL", "DOWN*", "COMPLETING") if is_down(s)] == [
+        "DOWN+NOT_RESPONDING", "IDLE+NOT_RESPONDING", "FAIL", "DOWN*"]
+
+
+def test_down_nodes_asks_scontrol_once_for_the_allocation() -> None:
+    calls: list[list[str]] = []
+
+    def runner(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 60.0) -> CommandResult:
+        calls.append(list(argv))
+        return CommandResult(0, (FIXTURES / "mn_scontrol_show_node_down.txt").read_text(), "")
+
+    cluster = SlurmCliCluster(runner=runner)
+    assert cluster.down_nodes(["node02", "node03"]) == {"node03"}
+    assert calls == [["scontrol", "show", "node", "--oneliner", "node02,node03"]]
 
 
 def test_node_addresses_keeps_the_known_nodes_when_scontrol_exits_1() -> None:

@@ -182,9 +182,6 @@ while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.2; done
 # ---- a node dies under a running job ----------------------------------------------------------------
 
 
-# Known defect (open): since exclusion needs evidence inside the allocation, the node named by
-# `srun: error: Node failure on NODE` is not excluded on this cluster.
-@pytest.mark.xfail(strict=False, reason="a node named by srun's node-failure line is not excluded yet")
 def test_killed_node_fails_the_attempt_and_the_run_completes_elsewhere_without_any_requeue(driven: Driven) -> None:
     require_multinode()
     starts = driven.root / "starts.txt"
@@ -234,6 +231,40 @@ fi
         cluster_script("revive-node", victim)
     assert victim in compute_nodes()
 
+
+
+def test_a_node_failure_no_line_names_is_pinned_on_the_node_slurm_marks_down(driven: Driven) -> None:
+    """srun's own stderr goes to a file of its own (as with `srun --error`), so the job log holds only the
+    batch step's `*** JOB n ON <batch host> CANCELLED ... DUE TO NODE FAILURE ***`, which names no failed node."""
+    require_multinode()
+    srun_err = shlex.quote(str(driven.root / "srun-"))
+    script = driven.files.script("dies-quietly.sbatch", f"""
+#SBATCH --nodes=3
+#SBATCH --time=00:10:00
+if [ "$SUPERVISOR_ATTEMPT" -eq 1 ]; then
+    srun --ntasks-per-node=1 bash -c 'echo "$SLURMD_NODENAME up"; sleep 300' 2>{srun_err}$SLURM_JOB_ID.err
+else
+    srun --ntasks-per-node=1 bash -c 'echo "$SLURMD_NODENAME done"'
+fi
+""")
+    driven.submit(run_spec(driven, "quiet", script_stage(script, max_attempts=3)))
+    first = driven.tick_until(
+        lambda: next((a for a in driven.attempts("quiet") if a["state"] == "running" and log_of(a).count(" up") == 3),
+                     None),
+        "attempt 1 running on 3 nodes")
+    victim = expand_hostlist(first["nodes"])[1]
+    cluster_script("kill-node", victim)
+    try:
+        data = driven.tick_until(lambda: driven.settled("quiet"), "run to settle after the node failure", timeout=180)
+        failed, retried = data["stages"][0]["attempts"]
+        assert failed["cause"] == "slurm_node_failure", failed
+        assert "Node failure on" not in log_of(failed) and "DUE TO NODE FAILURE" in log_of(failed)
+        assert data["state"] == "succeeded", data["events"]
+        (exclusion,) = data["excluded_nodes"]
+        assert exclusion["node"] == victim and "marks down" in exclusion["reason"], exclusion
+        assert victim not in expand_hostlist(retried["nodes"])
+    finally:
+        cluster_script("revive-node", victim)
 
 # ---- a job that only accounting still knows -----------------------------------------------------------
 

@@ -248,3 +248,22 @@ def test_auto_engine_falls_back_without_hyperscan(monkeypatch: pytest.MonkeyPatc
     assert [m.signature for m in cat.scan(WATCHDOG.encode() + b"\n", 1)] == ["nccl_watchdog_timeout"]
     with pytest.raises(RuntimeError, match="hyperscan"):
         Catalogue.load(engine="hyperscan")
+
+
+def test_node_failure_line_without_a_node_takes_the_node_srun_names_after_it(catalogue: Catalogue) -> None:
+    # The order seen on the 4-node test cluster when slurmstepd writes first (SchedMD/slurm
+    # src/slurmd/slurmstepd/req.c, then src/api/step_launch.c).
+    data = (b"node01 up\n"
+            b"slurmstepd: error: *** STEP 41.0 ON node01 CANCELLED AT 2026-12-02T10:30:01 DUE TO NODE FAILURE ***\n"
+            b"srun: error: Node failure on node02\n")
+    root = catalogue.verdict(catalogue.scan(data, 1))
+    assert root is not None and root.signature == "slurm_node_failure"
+    assert (root.line, root.node) == (2, "node02")
+    assert "DUE TO NODE FAILURE" in root.text  # the deciding line stays the first one
+
+
+def test_a_node_named_by_another_signature_is_not_borrowed(catalogue: Catalogue) -> None:
+    matches = [_m("slurm_node_failure", A.RESUBMIT_EXCLUDE_NODE, 2),
+               LogMatch(signature="ecc_error", action=A.RESUBMIT_EXCLUDE_NODE, line=3, text="x", node="node03")]
+    root = catalogue.verdict(matches)
+    assert root is not None and (root.signature, root.node) == ("slurm_node_failure", None)

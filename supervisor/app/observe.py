@@ -17,7 +17,7 @@ import structlog
 from supervisor.app.clusters import Clusters
 from supervisor.app.contexts import context_for
 from supervisor.domain import core
-from supervisor.domain.core.observe import wants_node_addresses
+from supervisor.domain.core.observe import wants_down_nodes, wants_node_addresses
 from supervisor.domain.errors import ClusterError, SupervisorError
 from supervisor.domain.ports import NodeDirectory
 from supervisor.domain.types import AttemptState, JobInfo
@@ -113,7 +113,7 @@ class Observer:
                 progress=seen.progress, new_output=seen.new_output, work_finished=finished, succeeded=succeeded,
                 saved_mark=saved,
                 hang_hint=str(hint["signature"]) if hint else None,
-                node_addresses=self._node_addresses(item, job, seen))
+                node_addresses=self._node_addresses(item, job, seen), down_nodes=self._down_nodes(item, job, seen))
         return RunObservation(view=view, observations=observations, tails=tails)
 
     def _job(self, item: _Live, polled: PollResult, seen: Seen) -> JobInfo | None:
@@ -123,6 +123,19 @@ class Observer:
             # A log wake-up read a fault on "the job's nodes" before any poll learnt them: ask for this job.
             job = self._poll_one(item.backend, item.view.job_id)
         return job
+
+    def _down_nodes(self, item: _Live, job: JobInfo | None, seen: Seen) -> frozenset[str]:
+        """The allocation's nodes the scheduler marks down, asked only when a fault that benches a node names
+        none on a job of several nodes (then the attempt ends: once per attempt)."""
+        nodes = wants_down_nodes(item.view, job, seen.matches)
+        cluster = self.clusters(item.backend) if nodes else None
+        if not isinstance(cluster, NodeDirectory):
+            return frozenset()
+        try:
+            return cluster.down_nodes(nodes)
+        except ClusterError as exc:
+            log.warning("node_lookup_failed", backend=item.backend, error=str(exc), job_id=item.view.job_id)
+            return frozenset()
 
     def _node_addresses(self, item: _Live, job: JobInfo | None, seen: Seen) -> Addresses:
         """What the allocation's nodes answer to, asked only when a failure line names a host that is no node

@@ -326,6 +326,10 @@ class LocalCluster:
             # Nobody is left to escalate, so do not be gentle.
             _signal_group(pgid, signal.SIGKILL)
 
+    def down_nodes(self, nodes: Collection[str]) -> frozenset[str]:
+        """The one local node runs the jobs that ask: it is never down to them."""
+        return frozenset()
+
     def node_addresses(self, nodes: Collection[str]) -> dict[str, tuple[str, ...]]:
         """Every local job runs on this host: its names and addresses, for the one node that is it."""
         host = socket.gethostname()

@@ -347,6 +347,19 @@ def parse_scontrol_nodes(text: str) -> dict[str, tuple[str, ...]]:
     return nodes
 
 
+def parse_scontrol_node_states(text: str) -> dict[str, str]:
+    """Output of ``scontrol show node -o``: per NodeName, its State ("IDLE", "DOWN+NOT_RESPONDING", ...)."""
+    return {record["NodeName"]: record.get("State", "")
+            for record in (parse_scontrol_record(line) for line in text.splitlines() if line.startswith("NodeName="))}
+
+
+def is_down(state: str) -> bool:
+    """Whether a node State says the node is lost to jobs: DOWN or FAIL, or not responding (SchedMD/slurm
+    src/common/slurm_protocol_defs.c node_state_string: base state, then "+"-joined flags)."""
+    base, *flags = state.upper().split("+")
+    return base.rstrip("*") in ("DOWN", "FAIL", "FAILING") or "NOT_RESPONDING" in flags or base.endswith("*")
+
+
 def error_for(argv: Sequence[str], returncode: int, stderr: str) -> ClusterError:
     """The ClusterError a failed client call means; ``permanent`` is False when a retry can help."""
     message = stderr.strip() or f"exit status {returncode}"
@@ -498,6 +511,17 @@ class SlurmCliCluster:
             ips = [ip for alias in aliases for ip in self._resolve(alias)]
             addresses[node] = tuple(dict.fromkeys([*aliases, *ips]))
         return addresses
+
+    def down_nodes(self, nodes: Collection[str]) -> frozenset[str]:
+        names = [n for n in nodes if hostlist.is_node_name(n)]
+        if not names:
+            return frozenset()
+        argv = scontrol_show_nodes_argv(names)
+        result = self._run(argv, timeout=self._timeout)
+        states = parse_scontrol_node_states(result.stdout)
+        if result.returncode != 0 and not states:
+            raise error_for(argv, result.returncode, result.stderr)
+        return frozenset(node for node, state in states.items() if is_down(state))
 
     def _queued(self, names: Collection[str] = ()) -> list[JobInfo]:
         argv = squeue_argv(names)

@@ -48,6 +48,10 @@ class NodeDirectory(Cluster, Protocol):
         IP addresses they resolve to); nodes the cluster does not know are absent. Raises ClusterError."""
         ...
 
+    def down_nodes(self, nodes: Collection[str]) -> frozenset[str]:
+        """The nodes of ``nodes`` the scheduler marks down, failed or not responding now. Raises ClusterError."""
+        ...
+
 
 class Channel(Protocol):
     """One notification destination (Slack, Matrix, a webhook)."""

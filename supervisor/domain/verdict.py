@@ -6,13 +6,16 @@ One implementation for the daemon and for ``supervisor diagnose``. The rules:
 - the deciding match is the earliest root cause that is not a ``finish``, so "Training completed!"
   followed by an NCCL watchdog timeout reports both, and the core turns the timeout into a finish;
 - wrappers such as ChildFailedError decide only when no root cause was printed;
-- ``ignore`` matches and hang hints never decide (a hint explains a stall, it is not one).
+- ``ignore`` matches and hang hints never decide (a hint explains a stall, it is not one);
+- a deciding line that would exclude a node but names none takes the node a later line of the same
+  signature names: slurmstepd's ``*** STEP ... DUE TO NODE FAILURE ***`` may be written before srun's
+  ``Node failure on NODE``, and only the second says which node died.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from supervisor.domain.types import LogMatch, MatchRole, SignatureAction
 
@@ -49,6 +52,11 @@ def read(matches: Sequence[LogMatch]) -> Reading:
     causes = [m for m in deciding if m.role is MatchRole.CAUSE]
     wrappers = [m for m in deciding if m.role is MatchRole.WRAPPER]
     cause = causes[0] if causes else wrappers[0] if wrappers else None
+    if cause is not None and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and cause.node is None:
+        named = next((m for m in deciding if m.signature == cause.signature and m.node and m.line > cause.line),
+                     None)
+        if named is not None:
+            cause = replace(cause, node=named.node)
     return Reading(finishes=finishes, cause=cause)
 
 

@@ -250,10 +250,12 @@ class Catalogue:
 
     @staticmethod
     def _original(matches: Sequence[LogMatch], found: LogMatch | None) -> LogMatch | None:
-        """The caller's own match object for ``found`` (a copy of it with its role filled in)."""
+        """The caller's own match object for ``found`` (a copy of it with its role filled in), with the node
+        the verdict gave it when its own line names none."""
         if found is None:
             return None
-        return next(m for m in matches if (m.signature, m.line, m.text) == (found.signature, found.line, found.text))
+        own = next(m for m in matches if (m.signature, m.line, m.text) == (found.signature, found.line, found.text))
+        return own if own.node == found.node else dataclasses.replace(own, node=found.node)
 
     def with_roles(self, matches: Sequence[LogMatch]) -> list[LogMatch]:
         """``matches`` with the role this catalogue gives their signature (for matches made elsewhere)."""

@@ -26,7 +26,7 @@ from supervisor.domain.core.actions import (
 )
 from supervisor.domain.core.advance import advance, backoff
 from supervisor.domain.core.commands import cancel, pause, resume, retry
-from supervisor.domain.core.observe import VANISHED_AFTER, observe, wants_job_nodes
+from supervisor.domain.core.observe import VANISHED_AFTER, observe, wants_down_nodes, wants_job_nodes
 from supervisor.domain.core.views import AttemptView, Observation, Refused, RunView, StageView
 
 __all__ = [
@@ -54,5 +54,6 @@ __all__ = [
     "pause",
     "resume",
     "retry",
+    "wants_down_nodes",
     "wants_job_nodes",
 ]

@@ -2,8 +2,9 @@
 allocation.
 
 A node is excluded only on evidence: the line names it (a host that resolves to a node of the attempt's own
-allocation), or, when no host is named, it is the job's only node, or the one node the attempt's allocation
-shares with the stage's previous failed one (a suspect node). A named host that is not a node of the
+allocation), or, when no host is named, it is the job's only node, the one node of the allocation the scheduler
+marks down, or the one node the attempt's allocation shares with the stage's previous failed one (a suspect
+node). A named host that is not a node of the
 allocation is "unresolved" and excluded nowhere. A run excludes at most ``max_excluded_nodes`` nodes at once;
 past that a person is told instead.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from supervisor.domain.core.actions import ExcludeNode, Outcome
@@ -28,6 +29,7 @@ _INTERFACE_SUFFIX = re.compile(r"-(?:ib|hsn|opa|ipoib|eth|bond|mlx|roce|ens|enp)
 NAMED = "named in the line"
 ONLY_NODE = "the job's only node"
 SUSPECT = "the one node shared with the previous failed allocation"
+DOWN = "the allocation's one node the scheduler marks down"
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,10 @@ def needs_addresses(host: str | None, nodes: Sequence[str]) -> bool:
 
 def judge(
     run: RunView, stage: StageView, attempt: AttemptView, cause: LogMatch, job: JobInfo | None,
-    addresses: Mapping[str, Sequence[str]] | None = None,
+    addresses: Mapping[str, Sequence[str]] | None = None, down: Collection[str] = (),
 ) -> Judgement:
-    """The exclusions ``cause`` (a resubmit-excluding-a-node signature) is evidence for."""
+    """The exclusions ``cause`` (a resubmit-excluding-a-node signature) is evidence for; ``down``: the nodes the
+    scheduler marks down, where they were looked up."""
     nodes = allocation(attempt, job)
     where = f"{cause.signature} in {stage.name} attempt {attempt.number}"
     if cause.node:
@@ -134,6 +137,9 @@ def judge(
         return _capped(run, [(nodes[0], ONLY_NODE)], where, cause)
     if not nodes:
         return Judgement(note="no node named and the job's nodes are unknown: nothing excluded")
+    dead = [n for n in nodes if n in down]
+    if len(dead) == 1:
+        return _capped(run, [(dead[0], DOWN)], where, cause)
     previous = _previous_failed(stage, attempt)
     if previous is not None:
         shared = set(nodes) & set(allocation(previous, None))

@@ -158,6 +158,16 @@ def wants_node_addresses(attempt: AttemptView, job: JobInfo | None, matches: Seq
     return nodes if wanted else ()
 
 
+def wants_down_nodes(attempt: AttemptView, job: JobInfo | None, matches: Sequence[LogMatch]) -> tuple[str, ...]:
+    """The allocation's nodes to ask the scheduler about (none: no lookup): a fault that benches a node decides
+    and names none, on a job of several nodes. SLURM marks a node down before it fails the job's step."""
+    cause = verdict.read(matches).cause
+    if cause is None or cause.action is not SignatureAction.RESUBMIT_EXCLUDE_NODE or cause.node:
+        return ()
+    nodes = exclusion.allocation(attempt, job)
+    return nodes if len(nodes) > 1 else ()
+
+
 def _observe_attempt(
     run: RunView, stage: StageView, attempt: AttemptView, obs: Observation, now: datetime
 ) -> list[Action]:
@@ -256,7 +266,7 @@ def _signature(
                                "context": list(cause.context)}
     judged = exclusion.Judgement()
     if outcome is Outcome.RESUBMIT and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE:
-        judged = exclusion.judge(run, stage, attempt, cause, job, obs.node_addresses)
+        judged = exclusion.judge(run, stage, attempt, cause, job, obs.node_addresses, obs.down_nodes)
         data.update(judged.data())
     actions: list[Action] = [Emit(EventKind.SIGNATURE, f"{cause.signature} at line {cause.line}: {cause.text}",
                                   stage.name, attempt.number, data)]

@@ -139,3 +139,6 @@ class Observation:
     # Per node of the attempt's allocation, the names and addresses it answers to (NodeAddr, NodeHostName and
     # their IP addresses); looked up only when a failure line names a host that is no node name of it.
     node_addresses: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The allocation's nodes the scheduler marks down; looked up only when a fault that benches a node names
+    # none on a job of several nodes.
+    down_nodes: frozenset[str] = frozenset()
