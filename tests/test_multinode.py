@@ -307,3 +307,51 @@ exit {code}
         assert data["state"] == state
     crashed = [e for e in driven.show("quiet-bad")["events"] if e["kind"] == "crashed"]
     assert len(crashed) == 1 and "FAILED (exit 3)" in crashed[0]["message"], crashed
+
+
+# ---- node-hours from the scheduler's own figures ------------------------------------------------------
+
+
+def test_node_hours_per_attempt_are_what_sacct_recorded_and_the_failure_carries_the_waste(driven: Driven) -> None:
+    """`report`'s node-seconds per attempt are sacct's ElapsedRaw x NNodes, the resubmitted attempt's are
+    wasted on the injected signature, and used + wasted is the sum over attempts."""
+    require_multinode(accounting=True)
+    from supervisor.app.report import scheduler_figures
+    from supervisor.store import readmodels
+
+    script = driven.files.script("costly.sbatch", """
+#SBATCH --nodes=2
+#SBATCH --time=00:10:00
+sleep 3
+if [ "$SUPERVISOR_ATTEMPT" -eq 1 ]; then echo "RuntimeError: NVCC timeout while building fused_adam"; sleep 300; fi
+echo done
+""")
+    driven.submit(run_spec(driven, "costly", script_stage(script, max_attempts=3)))
+    data = driven.tick_until(lambda: driven.settled("costly"), "run to settle", timeout=180)
+    assert data["state"] == "succeeded", data["events"]
+    failed, done = data["stages"][0]["attempts"]
+    assert failed["cause"] == "nvcc_timeout", failed
+    records = {a["job_id"]: wait_until(lambda a=a: _accounted_end(a["job_id"]), f"sacct to close job {a['job_id']}")
+               for a in (failed, done)}
+
+    reader = readmodels.FileReader.open(driven.files.home)
+    assert reader is not None
+    report = reader.report(figures=scheduler_figures(driven.files.home))
+    (run,) = report["runs"]
+    attempts = run["stages"][0]["attempts"]
+    for attempt in attempts:
+        record = records[attempt["job_id"]]
+        assert record["NNodes"] == "2", record
+        assert attempt["node_seconds"] == int(record["ElapsedRaw"]) * int(record["NNodes"]), (attempt, record)
+    first, second = attempts
+    assert first["wasted_node_seconds"] == first["node_seconds"] > 0 and first["waste_cause"] == "nvcc_timeout"
+    assert second["wasted_node_seconds"] == 0 and second["used_node_seconds"] == second["node_seconds"] > 0
+    total = sum(a["node_seconds"] for a in attempts)
+    assert run["used_node_seconds"] + run["wasted_node_seconds"] == run["node_seconds"] == total
+    assert [c["cause"] for c in run["waste_by_cause"]] == ["nvcc_timeout"]
+
+
+def _accounted_end(job_id: str) -> dict[str, str] | None:
+    """sacct's record once the job has ended there (ElapsedRaw is final only then)."""
+    record = sacct_job(job_id)
+    return record if record is not None and record["State"] not in ("RUNNING", "PENDING", "") else None
