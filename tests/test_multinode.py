@@ -182,6 +182,14 @@ while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.2; done
 # ---- a node dies under a running job ----------------------------------------------------------------
 
 
+def running_on_every_node(driven: Driven, name: str, nodes: int) -> dict[str, Any]:
+    """The run's attempt once it runs and each of its ``nodes`` printed "NODE up"."""
+    return driven.tick_until(
+        lambda: next((a for a in driven.attempts(name) if a["state"] == "running" and log_of(a).count(" up") == nodes),
+                     None),
+        f"attempt running on {nodes} nodes")
+
+
 def test_killed_node_fails_the_attempt_and_the_run_completes_elsewhere_without_any_requeue(driven: Driven) -> None:
     require_multinode()
     starts = driven.root / "starts.txt"
@@ -197,10 +205,7 @@ else
 fi
 """)
     driven.submit(run_spec(driven, "dies", script_stage(script, max_attempts=3)))
-    first = driven.tick_until(
-        lambda: next((a for a in driven.attempts("dies") if a["state"] == "running" and log_of(a).count(" up") == 3),
-                     None),
-        "attempt 1 running on 3 nodes")
+    first = running_on_every_node(driven, "dies", 3)
     allocation = expand_hostlist(first["nodes"])
     victim = allocation[1]  # not the batch host: its srun is the one that reports the failure
     cluster_script("kill-node", victim)
@@ -248,10 +253,7 @@ else
 fi
 """)
     driven.submit(run_spec(driven, "quiet", script_stage(script, max_attempts=3)))
-    first = driven.tick_until(
-        lambda: next((a for a in driven.attempts("quiet") if a["state"] == "running" and log_of(a).count(" up") == 3),
-                     None),
-        "attempt 1 running on 3 nodes")
+    first = running_on_every_node(driven, "quiet", 3)
     victim = expand_hostlist(first["nodes"])[1]
     cluster_script("kill-node", victim)
     try:
@@ -331,8 +333,8 @@ echo done
     assert data["state"] == "succeeded", data["events"]
     failed, done = data["stages"][0]["attempts"]
     assert failed["cause"] == "nvcc_timeout", failed
-    records = {a["job_id"]: wait_until(lambda a=a: _accounted_end(a["job_id"]), f"sacct to close job {a['job_id']}")
-               for a in (failed, done)}
+    records = {job: wait_until(functools.partial(_accounted_end, job), f"sacct to close job {job}")
+               for job in (failed["job_id"], done["job_id"])}
 
     reader = readmodels.FileReader.open(driven.files.home)
     assert reader is not None

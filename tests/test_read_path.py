@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from supervisor.app.service import Supervisor
 from supervisor.notify.queue import undelivered
 from supervisor.store import readmodels
@@ -19,22 +17,13 @@ from supervisor.store.db import DB_NAME
 from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage
 
 from fakes import ManualClock
+from readmodel_fixtures import attempt_row, two_stage_spec
 
 T0 = datetime(2026, 11, 3, 9, 15, 7, 250_000, tzinfo=UTC)  # microseconds: the text form must round-trip
 
 
-def _spec(root: Path, name: str) -> Path:
-    for stage in ("prep", "train"):
-        (root / f"{stage}.sh").write_text("#!/bin/bash\ntrue\n")
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "backend": "local", "workdir": "work", "stages": [
-        {"name": "prep", "script": "prep.sh"}, {"name": "train", "script": "train.sh"}]}))
-    return path
-
-
-def _attempt(stage: Stage, number: int, state: str, **extra: object) -> Attempt:
-    return Attempt(stage_id=stage.id, number=number, tag=f"{stage.name}-{stage.run_id}-{number}", state=state,
-                   backend="local", job_id=f"{stage.run_id}{number}", submitted_at=T0, **extra)
+def _attempt(stage: Stage, number: int, state: str, **extra: Any) -> Attempt:
+    return attempt_row(stage, number, state, submitted_at=T0, **extra)
 
 
 def _home(tmp_path: Path) -> tuple[Path, Supervisor]:
@@ -43,7 +32,7 @@ def _home(tmp_path: Path) -> tuple[Path, Supervisor]:
     home = tmp_path / "home"
     sv = Supervisor(home, clock=ManualClock(T0))
     for name in ("a", "b", "c"):
-        sv.register(_spec(tmp_path, name), "local")
+        sv.register(two_stage_spec(tmp_path, name), "local")
     with sv.sessions.begin() as session:
         runs = {r.name: r for r in session.query(Run)}
         prep, train = runs["a"].stages

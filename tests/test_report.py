@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from supervisor.app import report as reporting
 from supervisor.app.service import Supervisor
@@ -20,6 +19,7 @@ from supervisor.store import readmodels
 from supervisor.store.models import Attempt, Event, Run, Stage
 
 from fakes import ManualClock
+from readmodel_fixtures import attempt_row, two_stage_spec
 
 T0 = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=1)
@@ -30,19 +30,8 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def _spec(root: Path, name: str) -> Path:
-    for stage in ("prep", "train"):
-        (root / f"{stage}.sh").write_text("#!/bin/bash\ntrue\n")
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "backend": "local", "workdir": "work", "stages": [
-        {"name": "prep", "script": "prep.sh"}, {"name": "train", "script": "train.sh"}]}))
-    return path
-
-
 def _attempt(stage: Stage, number: int, state: str, **extra: Any) -> Attempt:
-    return Attempt(stage_id=stage.id, number=number, tag=f"{stage.name}-{stage.run_id}-{number}", state=state,
-                   backend="local", job_id=f"9{stage.run_id}{number}", submitted_at=extra.pop("submitted_at", T0),
-                   **extra)
+    return attempt_row(stage, number, state, submitted_at=extra.pop("submitted_at", T0), job_prefix="9", **extra)
 
 
 def _home(tmp_path: Path, log: Path | None = None) -> tuple[Path, Supervisor]:
@@ -51,7 +40,7 @@ def _home(tmp_path: Path, log: Path | None = None) -> tuple[Path, Supervisor]:
     home = tmp_path / "home"
     sv = Supervisor(home, clock=ManualClock(T0))
     for name in ("llama", "tiny"):
-        sv.register(_spec(tmp_path, name), "local")
+        sv.register(two_stage_spec(tmp_path, name), "local")
     with sv.sessions.begin() as session:
         runs = {r.name: r for r in session.query(Run)}
         prep, train = runs["llama"].stages
