@@ -63,13 +63,17 @@ def test_notification_facts_of_an_attempt(tmp_path: Path) -> None:
         attempt.started_at = sv.now() - timedelta(hours=2)
         attempt.nodes = "lrdn[01-04]"
         attempt.progress_step, attempt.progress_total = 250, 1000
+        # Resumed at step 100, first seen an hour after the start (startup), at step 250 now: 150 steps/h.
+        attempt.first_step, attempt.first_step_at = 100, sv.now() - timedelta(hours=1)
+        attempt.progress_at = sv.now()
     sv.apply(1, RunState.RUNNING, [core.Emit(EventKind.CRASHED, "boom", "s", 1, {"text": "NCCL error"})], {})
     with sv.sessions() as session:
         data = session.scalars(select(Event).where(Event.kind == "crashed")).one().data
     assert data["job_id"] == "101" and data["log_line"] == "NCCL error"
     assert data["node_hours"] == 8.0  # 4 nodes for 2 hours
     assert data["progress_step"] == 250 and data["progress_total"] == 1000
-    assert 21500 <= data["eta_s"] <= 21700  # 2 h for a quarter: 6 h to go
+    # 750 steps to go at the attempt's own rate: 5 h (counting from step 0 and the job's start would say 6 h).
+    assert data["eta_s"] == 5 * 3600
 
 
 def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: Path) -> None:

@@ -110,8 +110,8 @@ class Observer:
             finished, succeeded, saved = self._kind_checks(item, job)
             observations[(item.stage, item.view.number)] = core.Observation(
                 job=job, missing_polls=polled.missing.get(item.view.job_id or "", 0), matches=seen.matches,
-                progress=seen.progress, new_output=seen.new_output, work_finished=finished, succeeded=succeeded,
-                saved_mark=saved,
+                progress=seen.progress, loss=seen.loss, new_output=seen.new_output, work_finished=finished,
+                succeeded=succeeded, saved_mark=saved,
                 hang_hint=str(hint["signature"]) if hint else None,
                 node_addresses=self._node_addresses(item, job, seen), down_nodes=self._down_nodes(item, job, seen))
         return RunObservation(view=view, observations=observations, tails=tails)

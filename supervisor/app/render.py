@@ -70,10 +70,19 @@ def _table(columns: Sequence[Column], rows: Iterable[Sequence[object]]) -> Table
     return table
 
 
-def _progress(progress: Mapping[str, Any] | None) -> str:
+def _progress(progress: Mapping[str, Any] | None, eta: str | None = None) -> str:
+    """``250/1000 25%``, and ``~5h`` more while the attempt's own rate gives an ETA."""
     if not progress:
         return ""
-    return f"{progress['step']}/{progress['total']}" if progress["total"] else str(progress["step"])
+    if not progress["total"]:
+        return str(progress["step"])
+    text = f"{progress['step']}/{progress['total']}"
+    if progress.get("fraction") is not None:
+        text += f" {progress['fraction']:.0%}"
+    if eta:
+        left = (datetime.fromisoformat(eta) - datetime.now(UTC)).total_seconds()
+        text += f" ~{format_duration(max(left, 0))}"
+    return text
 
 
 def _waiting(row: Mapping[str, Any]) -> str:
@@ -91,7 +100,7 @@ def status_table(rows: Sequence[Mapping[str, Any]]) -> Group:
                _fold("attempt"), _fold("job"), _fold("progress"), _fixed("updated", updated)]
     table = _table(columns, (
         (r["name"], r["state"], r["stage"] or "", r["attempt"] or "", r["job_id"] or "",
-         _progress(r["progress"]) or _waiting(r), when)
+         _progress(r["progress"], r.get("eta")) or _waiting(r), when)
         for r, when in zip(rows, updated, strict=True)
     ))
     notes = [Text(f"{r['name']} needs attention: {r['reason']}") for r in rows

@@ -17,6 +17,7 @@ from typing import Any
 
 from supervisor.domain import verdict
 from supervisor.domain.types import LogMatch, Progress
+from supervisor.logs.progress import last_loss
 from supervisor.logs.scanner import Catalogue
 from supervisor.logs.tailer import TailState, read_new
 
@@ -41,6 +42,7 @@ class Seen:
     matches: tuple[LogMatch, ...] = ()  # the finishes and the deciding match (domain.verdict)
     progress: Progress | None = None
     new_output: bool = False
+    loss: float | None = None  # the last finite training loss in what was read
 
     @property
     def hang_hint(self) -> dict[str, Any] | None:
@@ -90,6 +92,7 @@ class LogWatcher:
         state = TailState.from_dict(cursor.tail) if cursor.tail else TailState(Path(cursor.path))
         matches: list[LogMatch] = []
         progress: Progress | None = None
+        loss: float | None = None
         read = 0
         start = state
         while read < MAX_BYTES_PER_TICK:
@@ -100,12 +103,15 @@ class LogWatcher:
             result = catalogue.scan_chunk(data, state.next_line)
             matches.extend(result.matches)
             progress = kind_progress(data.decode(errors="replace")) or result.progress or progress
+            if (latest := last_loss(data)) is not None:
+                loss = latest
             read += len(data)
             state = new_state
         if state == start:
             return Seen()
         tail = {"log_tail": state.to_dict(), "hang_hint": _hang_hint(matches, state.line_no, cursor.hang_hint)}
-        return Seen(tail=tail, matches=verdict.read(matches).matches, progress=progress, new_output=read > 0)
+        return Seen(tail=tail, matches=verdict.read(matches).matches, progress=progress, new_output=read > 0,
+                    loss=loss)
 
     def grown(self, cursors: Iterable[LogCursor]) -> bool:
         """Whether any of these logs changed since it was last read: bigger than the stored offset (or

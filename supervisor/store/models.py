@@ -6,7 +6,7 @@ from datetime import UTC as UTC_TZ
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -112,6 +112,11 @@ class Attempt(Base):
     first_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     progress_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The step the attempt's first progress line showed (a resumed attempt starts past 0) and when the latest
+    # step was seen: the step rate counts between the two, in this attempt only.
+    first_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)  # the last finite training loss logged
     # Identifies the newest checkpoint seen (its save time); a different one later is a sign of life.
     saved_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The newest checkpoint when the attempt was submitted: a time limit after a different one was progress.

@@ -340,7 +340,8 @@ def attempt_view(a: Attempt) -> core.AttemptView:
         number=a.number, state=AttemptState(a.state), job_id=a.job_id, cancel_requested=a.cancel_requested,
         outcome=core.Outcome(a.outcome) if a.outcome else None, cause=a.cause, work_done=a.work_done,
         submitted_at=a.submitted_at, started_at=a.started_at, ended_at=a.ended_at,
-        last_output_at=a.last_output_at, first_step_at=a.first_step_at, nodes=a.nodes, saved_mark=a.saved_mark,
+        last_output_at=a.last_output_at, first_step_at=a.first_step_at, progress_total=a.progress_total, nodes=a.nodes,
+        saved_mark=a.saved_mark,
         reason=a.reason, reason_since=a.reason_since, start_mark=a.start_mark,
     )
 

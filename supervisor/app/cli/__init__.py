@@ -15,7 +15,7 @@ from supervisor.app.cli.base import DISK_FULL_EXIT, app, disk_full, err
 __all__ = ["app", "main"]
 
 # Registered in this order: it is the order of `supervisor --help`.
-COMMAND_MODULES = ("runs", "running", "diagnosis")
+COMMAND_MODULES = ("runs", "progress", "running", "diagnosis")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_module}")
 

@@ -38,6 +38,9 @@ class AttemptChanges:
     first_step_at: datetime | None = None
     progress_step: int | None = None
     progress_total: int | None = None
+    first_step: int | None = None
+    progress_at: datetime | None = None
+    loss: float | None = None
     work_done: bool | None = None
     saved_mark: str | None = None
     cancel_requested: bool | None = None

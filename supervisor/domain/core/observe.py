@@ -36,6 +36,7 @@ from supervisor.domain.types import (
     JobInfo,
     JobPhase,
     LogMatch,
+    Progress,
     RunState,
     SignatureAction,
 )
@@ -224,9 +225,12 @@ def _facts(
         saved_mark=obs.saved_mark if saved else None,
     )
     actions: list[Action] = []
-    if obs.progress is not None:
-        changes = changes.merged(progress_step=obs.progress.step, progress_total=obs.progress.total,
-                                 first_step_at=now if attempt.first_step_at is None else None)
+    if obs.progress is not None and follows_bar(attempt, obs.progress):
+        first = attempt.first_step_at is None
+        changes = changes.merged(progress_step=obs.progress.step, progress_total=obs.progress.total, progress_at=now,
+                                 first_step_at=now if first else None, first_step=obs.progress.step if first else None)
+    if obs.loss is not None:
+        changes = changes.merged(loss=obs.loss)
     if job is not None:
         if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING:
             changes = changes.merged(nodes=job.nodes)
@@ -236,6 +240,14 @@ def _facts(
             actions.append(Emit(EventKind.STARTED, f"job {attempt.job_id} started on {job.nodes or '?'}",
                                 stage.name, attempt.number))
     return changes, actions
+
+
+def follows_bar(attempt: AttemptView, progress: Progress) -> bool:
+    """Whether a progress bar is the one the attempt follows: the trainer's bar counts the most steps of the
+    job, so a bar with a smaller total (evaluation, a dataset pass) never replaces it."""
+    if progress.total is None:
+        return attempt.progress_total is None
+    return attempt.progress_total is None or progress.total >= attempt.progress_total
 
 
 def _pending_cancel(

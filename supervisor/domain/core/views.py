@@ -43,6 +43,7 @@ class AttemptView:
     ended_at: datetime | None = None
     last_output_at: datetime | None = None
     first_step_at: datetime | None = None
+    progress_total: int | None = None  # the total of the progress bar followed so far
     nodes: str | None = None
     saved_mark: str | None = None  # identifies the newest checkpoint seen so far
     start_mark: str | None = None  # the newest checkpoint when it was submitted (what it resumed from)
@@ -129,6 +130,7 @@ class Observation:
     missing_polls: int = 0
     matches: tuple[LogMatch, ...] = ()
     progress: Progress | None = None
+    loss: float | None = None  # the last finite training loss the log printed since the last read
     new_output: bool = False  # the log grew since the last tick
     # Kind-specific checks, done by the adapter (they read files):
     work_finished: bool = False  # e.g. the final training checkpoint is complete

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from supervisor.domain import accounting
 from supervisor.domain.errors import UserError
+from supervisor.domain.eta import eta, step_rate
 from supervisor.domain.hostlist import count_hosts
 from supervisor.domain.types import AttemptState, StageKind
 
@@ -56,13 +57,16 @@ class AttemptRow:
     work_done: bool | None
     first_step_at: datetime | None
     last_output_at: datetime | None
+    first_step: int | None
+    progress_at: datetime | None
+    loss: float | None
 
 
 ATTEMPT_COLUMNS = tuple(AttemptRow.__dataclass_fields__)
 
 
 ATTEMPT_TIMES = frozenset({"submitted_at", "started_at", "ended_at", "reason_since", "first_step_at",
-                            "last_output_at"})
+                            "last_output_at", "progress_at"})
 
 
 ATTEMPT_SELECT = ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
@@ -71,7 +75,7 @@ ATTEMPT_SELECT = ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
 # The current stage is the first one not yet succeeded, else the last; its attempt is the newest. The
 # correlated subqueries walk the (run_id, position) and (stage_id, number) unique indexes.
 STATUS_SQL = f"""
-SELECT r.name, r.state, r.updated_at, r.backend, r.reason, s.name, {ATTEMPT_SELECT}
+SELECT r.id, r.name, r.state, r.updated_at, r.backend, r.reason, s.name, {ATTEMPT_SELECT}
 FROM runs AS r
 LEFT JOIN stages AS s ON s.id = COALESCE(
     (SELECT id FROM stages WHERE run_id = r.id AND state != ? ORDER BY position LIMIT 1),
@@ -83,6 +87,14 @@ ORDER BY r.id
 
 RUN_SQL = "SELECT id, name, state, reason, backend, workdir, created_at, updated_at FROM runs WHERE {} = ?"
 
+
+# Every attempt that ran, of every run, for the node-hours column of `status`; and the attempts a hang ended.
+ALL_ATTEMPTS_SQL = f"""
+SELECT s.run_id, s.name, s.kind, {ATTEMPT_SELECT}
+FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
+WHERE a.started_at IS NOT NULL
+"""
+STALLED_SQL = "SELECT run_id, stage, attempt FROM events WHERE kind = ?"
 
 STAGES_SQL = f"""
 SELECT s.name, s.kind, s.state, s.budget_start, {ATTEMPT_SELECT}
@@ -115,8 +127,10 @@ def attempt_facts(row: Attempt, now: datetime) -> dict[str, Any]:
     if row.started_at is not None:
         elapsed = ((row.ended_at or now) - row.started_at).total_seconds()
         facts["node_hours"] = round(count_hosts(row.nodes or "") * max(elapsed, 0.0) / 3600, 2)
-        if row.progress_step and row.progress_total and row.progress_step < row.progress_total:
-            facts["eta_s"] = round(elapsed * (row.progress_total - row.progress_step) / row.progress_step)
+    rate = step_rate(row.first_step, row.first_step_at, row.progress_step, row.progress_at)
+    finish = eta(row.progress_step, row.progress_total, rate, row.progress_at)
+    if finish is not None and row.ended_at is None:
+        facts["eta_s"] = max(0, round((finish - now).total_seconds()))
     if row.progress_step is not None:
         facts["progress_step"] = row.progress_step
         facts["progress_total"] = row.progress_total
@@ -139,6 +153,7 @@ def attempt_json(a: AttemptRow, now: datetime | None = None) -> dict[str, Any]:
         "outcome": a.outcome, "log": a.log_path, "progress": progress_of(a),
         "pending_reason": pending_reason(a), "pending_since": iso(a.reason_since) if pending_reason(a) else None,
         "queued_for_s": queued_for_s(a, now or datetime.now(UTC)),
+        "progress_summary": progress_summary(a),
     }
 
 
@@ -224,10 +239,37 @@ def as_time(value: str | datetime) -> datetime:
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def progress_of(attempt: AttemptRow | None) -> dict[str, int | None] | None:
+def progress_of(attempt: AttemptRow | None) -> dict[str, Any] | None:
+    """{step, total, fraction}: the bar the attempt follows; fraction is None without a total."""
     if attempt is None or attempt.progress_step is None:
         return None
-    return {"step": attempt.progress_step, "total": attempt.progress_total}
+    total = attempt.progress_total
+    fraction = min(1.0, max(0.0, attempt.progress_step / total)) if total else None
+    return {"step": attempt.progress_step, "total": total,
+            "fraction": round(fraction, 4) if fraction is not None else None}
+
+
+def rate_of(attempt: AttemptRow) -> float | None:
+    """The attempt's own step rate (supervisor.domain.eta)."""
+    return step_rate(attempt.first_step, attempt.first_step_at, attempt.progress_step, attempt.progress_at)
+
+
+def eta_of(attempt: AttemptRow | None) -> datetime | None:
+    """When a live attempt reaches its last step at its own rate; None while unknown, or once it ended."""
+    if attempt is None or attempt.ended_at is not None:
+        return None
+    return eta(attempt.progress_step, attempt.progress_total, rate_of(attempt), attempt.progress_at)
+
+
+def progress_summary(attempt: AttemptRow) -> dict[str, Any] | None:
+    """`show`'s progress of one attempt: where it started and got to, its last loss, its rate."""
+    if attempt.progress_step is None:
+        return None
+    rate = rate_of(attempt)
+    return {"first_step": attempt.first_step, "step": attempt.progress_step, "total": attempt.progress_total,
+            "loss": attempt.loss, "steps_per_s": round(rate, 6) if rate is not None else None,
+            "first_step_at": iso(attempt.first_step_at), "progress_at": iso(attempt.progress_at),
+            "eta": iso(eta_of(attempt))}
 
 
 def iso(value: datetime | None) -> str | None:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 from supervisor.domain import accounting
 from supervisor.domain.types import EventKind, StageState
 from supervisor.store.readmodels.rows import (
+    ALL_ATTEMPTS_SQL,
     EVENTS_SQL,
     EXCLUDED_SQL,
     RUN_SQL,
     STAGES_SQL,
+    STALLED_SQL,
     STATUS_SQL,
     AttemptRow,
     Query,
@@ -20,6 +22,8 @@ from supervisor.store.readmodels.rows import (
     attempt_json,
     attempt_row,
     budget_of,
+    eta_of,
+    iso,
     no_run,
     pending_reason,
     progress_of,
@@ -46,7 +50,9 @@ def show(session: Session, run: Run, now: datetime | None = None) -> dict[str, A
 def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any]]:
     now = now or datetime.now(UTC)
     rows = []
-    for name, state, updated_at, backend, reason, stage, *columns in query(STATUS_SQL, (StageState.SUCCEEDED.value,)):
+    spent = node_hours_by_run(query, now)
+    for run_id, name, state, updated_at, backend, reason, stage, *columns in query(
+            STATUS_SQL, (StageState.SUCCEEDED.value,)):
         attempt = attempt_row(columns)
         rows.append({
             "name": name,
@@ -60,8 +66,27 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
             "reason": reason,
             "pending_reason": pending_reason(attempt),
             "queued_for_s": queued_for_s(attempt, now),
+            "eta": iso(eta_of(attempt)),
+            "loss": attempt.loss if attempt else None,
+            "node_hours": spent.get(run_id, {"used": 0.0, "wasted": 0.0}),
         })
     return rows
+
+
+def node_hours_by_run(query: Query, now: datetime) -> dict[int, dict[str, float]]:
+    """Per run, the node-hours its attempts used and wasted so far (supervisor.domain.accounting), from the
+    recorded times: `status` asks no scheduler."""
+    hung = {(run_id, stage, number) for run_id, stage, number in query(STALLED_SQL, (EventKind.STALLED.value,))}
+    costs: dict[int, list[accounting.AttemptCost]] = {}
+    for run_id, stage, kind, *columns in query(ALL_ATTEMPTS_SQL, ()):
+        attempt = attempt_row(columns)
+        if attempt is None:
+            continue
+        facts = accounting_facts(attempt, kind, hung=(run_id, stage, attempt.number) in hung)
+        costs.setdefault(run_id, []).append(accounting.cost(facts, now))
+    totals = {run_id: accounting.total(run_costs) for run_id, run_costs in costs.items()}
+    return {run_id: {"used": accounting.hours(t.used), "wasted": accounting.hours(t.wasted)}
+            for run_id, t in totals.items()}
 
 
 def show_from(query: Query, run: int | str, now: datetime | None = None) -> dict[str, Any]:
