@@ -103,3 +103,37 @@ def test_a_database_at_an_old_revision_is_migrated_once_under_the_lock(tmp_path:
     migrate(engine)
     assert current_revision(engine) == head_revision()
     assert (tmp_path / MIGRATE_LOCK_NAME).exists()
+
+
+KILLED_AFTER_THIRD_TABLE = """
+import os, signal, sys
+from pathlib import Path
+from sqlalchemy import Engine, event
+from supervisor.store.db import open_database
+
+created = []
+
+@event.listens_for(Engine, "after_cursor_execute")
+def die_half_way(conn, cursor, statement, parameters, context, executemany):
+    if statement.lstrip().upper().startswith("CREATE TABLE"):
+        created.append(statement)
+        if len(created) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+open_database(Path(sys.argv[1]))
+"""
+
+
+def test_a_process_killed_half_way_through_the_first_migration_leaves_a_database_the_next_one_migrates(
+        tmp_path: Path) -> None:
+    """The daemon killed while it creates the schema: the next command must not find half the tables."""
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_THIRD_TABLE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        left = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert left == []
+    sessions = open_database(tmp_path)
+    with sessions() as session:
+        assert list(session.scalars(select(Run))) == []
+    assert current_revision(sessions.kw["bind"]) == head_revision()

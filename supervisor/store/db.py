@@ -27,7 +27,7 @@ import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from supervisor.store.filesystem import filesystem_of
 from supervisor.store.statedir import make_private_dir
@@ -175,8 +175,29 @@ def migration_lock(path: Path, timeout: float = MIGRATE_LOCK_TIMEOUT_S) -> Itera
         os.close(fd)
 
 
+def transactional_ddl_engine(engine: Engine) -> Engine:
+    """An engine on ``engine``'s file in which CREATE/ALTER/DROP are part of the transaction.
+
+    Python's sqlite3 (before 3.12) opens a transaction only before INSERT/UPDATE/DELETE, so each DDL
+    statement commits by itself: a process killed half-way through a migration left tables without their
+    ``alembic_version`` row, and every later open failed with "table runs already exists". Here the driver's
+    own transaction handling is off and each transaction is an explicit ``BEGIN IMMEDIATE``, so a migration
+    run either lands whole or leaves the file as it was.
+    """
+    ddl = create_engine(engine.url, poolclass=NullPool)
+    pragmas = _on_connect("delete")  # synchronous = FULL: a schema change is worth the extra fsync
+
+    def connect(dbapi_conn: sqlite3.Connection, record: Any) -> None:
+        pragmas(dbapi_conn, record)
+        dbapi_conn.isolation_level = None
+
+    event.listen(ddl, "connect", connect)
+    event.listen(ddl, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return ddl
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (a no-op when it is there already)."""
+    """Bring the schema to the newest revision (a no-op when it is there already), in one transaction."""
     head = head_revision()
     if head is not None and current_revision(engine) == head:
         return
@@ -187,10 +208,14 @@ def migrate(engine: Engine) -> None:
         from alembic import command
         from alembic.script import ScriptDirectory
 
-        cfg = _alembic_config(engine)
-        # Read again under the lock: whoever held it before us may have migrated already.
-        if current_revision(engine) != ScriptDirectory.from_config(cfg).get_current_head():
-            command.upgrade(cfg, "head")
+        ddl = transactional_ddl_engine(engine)
+        try:
+            cfg = _alembic_config(ddl)
+            # Read again under the lock: whoever held it before us may have migrated already.
+            if current_revision(ddl) != ScriptDirectory.from_config(cfg).get_current_head():
+                command.upgrade(cfg, "head")
+        finally:
+            ddl.dispose()
 
 
 def _empty_database() -> sessionmaker[Session]:
