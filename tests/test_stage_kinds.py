@@ -90,26 +90,61 @@ def test_prepare_submission_writes_derived_and_script(tmp_path: Path) -> None:
     assert sub.cleaned == ()
 
 
-def test_prepare_retry_cleans_only_axolotl_entries(tmp_path: Path) -> None:
+def complete_dataset(prepared: Path, name: str) -> Path:
+    dataset = prepared / name
+    dataset.mkdir(parents=True)
+    (dataset / "data-00000-of-00001.arrow").write_bytes(b"rows")
+    (dataset / "state.json").write_text("{}")
+    return dataset
+
+
+def test_prepare_retry_removes_only_what_the_failed_attempt_added(tmp_path: Path) -> None:
     config = project(tmp_path)
     prepared = config.parent / "prepared"
-    partial = prepared / ("a" * 32)
-    partial.mkdir(parents=True)
-    (partial / "data-00000-of-00001.arrow").write_bytes(b"half")
+    # Before attempt 1: another run's finished dataset, axolotl's lock file, and things that are not axolotl's.
+    other = complete_dataset(prepared, "c" * 32)
     (prepared / "datasets_prep.lock").write_text("")
     (prepared / "notes.txt").write_text("keep me")
+    first = prepare(ctx("prepare", 1, workdir=tmp_path / "work", config=config))
+    assert first.cleaned == ()
+    # What attempt 1 left when it died: half a dataset, its ready flag, and a symlinked hash directory.
+    partial = prepared / ("a" * 32)
+    partial.mkdir()
+    (partial / "data-00000-of-00001.arrow").write_bytes(b"half")
+    (prepared / "datasets_ready.flag").write_text("")
     (prepared / "NotAHash").mkdir()
     outside = tmp_path / "precious"
     outside.mkdir()
     (outside / "data").write_text("precious")
     (prepared / ("b" * 32)).symlink_to(outside, target_is_directory=True)
 
-    first = prepare(ctx("prepare", 1, workdir=tmp_path / "work", config=config))
-    assert first.cleaned == () and partial.exists(), "attempt 1 cleans nothing"
     sub = prepare(ctx("prepare", 2, workdir=tmp_path / "work", config=config))
-    assert sorted(p.name for p in sub.cleaned) == sorted(["a" * 32, "b" * 32, "datasets_prep.lock"])
-    assert sorted(p.name for p in prepared.iterdir()) == ["NotAHash", "notes.txt"]
+    assert sorted(p.name for p in sub.cleaned) == sorted(["a" * 32, "b" * 32, "datasets_ready.flag"])
+    assert sorted(p.name for p in prepared.iterdir()) == ["NotAHash", "c" * 32, "datasets_prep.lock", "notes.txt"]
+    assert (other / "data-00000-of-00001.arrow").read_bytes() == b"rows", "a dataset from before is untouched"
     assert (outside / "data").read_text() == "precious", "a symlink is unlinked, never followed"
+
+
+def test_a_second_retry_compares_with_what_was_there_after_the_first_cleanup(tmp_path: Path) -> None:
+    config = project(tmp_path)
+    prepared = config.parent / "prepared"
+    prepare(ctx("prepare", 1, workdir=tmp_path / "work", config=config))
+    complete_dataset(prepared, "a" * 32)  # attempt 1 finished its dataset, then failed on something else
+    assert [p.name for p in prepare(ctx("prepare", 2, workdir=tmp_path / "work", config=config)).cleaned] == ["a" * 32]
+    complete_dataset(prepared, "d" * 32)  # attempt 2's
+    assert [p.name for p in prepare(ctx("prepare", 3, workdir=tmp_path / "work", config=config)).cleaned] == ["d" * 32]
+
+
+def test_a_retry_without_a_snapshot_keeps_every_finished_dataset(tmp_path: Path) -> None:
+    """An attempt made by a version that kept no snapshot: only unfinished hash directories go."""
+    config = project(tmp_path)
+    prepared = config.parent / "prepared"
+    finished = complete_dataset(prepared, "c" * 32)
+    (prepared / ("a" * 32)).mkdir()
+    (prepared / "datasets_prep.lock").write_text("")
+    sub = prepare(ctx("prepare", 2, workdir=tmp_path / "work", config=config))
+    assert [p.name for p in sub.cleaned] == ["a" * 32]
+    assert finished.exists() and (prepared / "datasets_prep.lock").exists()
 
 
 @pytest.mark.parametrize("prepared", [".", "..", "/"])

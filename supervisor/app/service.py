@@ -9,6 +9,7 @@ Each run is handled inside its own error boundary: an unexpected error becomes t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +20,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from supervisor.app import campaigns
 from supervisor.app.clusters import Clusters
 from supervisor.app.contexts import context_for
 from supervisor.app.observe import NO_POLL, Observer, PollResult
@@ -33,9 +35,11 @@ from supervisor.domain.types import RunState
 from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.notify import RunChannels, deliver, send_test
 from supervisor.notify.queue import pending_count
-from supervisor.store import readmodels
+from supervisor.stages.datasets import prepared_dataset_present
+from supervisor.store import gates, readmodels
 from supervisor.store.db import open_database
 from supervisor.store.models import Attempt, Run, Stage
+from supervisor.store.readmodels.rows import session_query
 from supervisor.store.repository import ACTIVE, POLLED, Effect, Repository
 
 log = structlog.get_logger("supervisor")
@@ -163,10 +167,13 @@ class Supervisor:
         return count
 
     def _view(self, run_id: int) -> core.RunView:
+        """The run as `advance` sees it: with the gate its campaign and the runs sharing its data set."""
         with self.sessions() as session:
             run = session.get(Run, run_id)
             assert run is not None
-            return self.repo.view(session, run)
+            gate = gates.gate_for(session_query(session), run.id, run.campaign, run.spec.get("budget"),
+                                  self.clock.now(), present=prepared_dataset_present)
+            return dataclasses.replace(self.repo.view(session, run), gate=gate)
 
     def _backends(self, run_id: int, actions: Sequence[core.Action]) -> dict[str, str]:
         """The backend each newly submitted stage uses: its kind may run on the supervisor's own host."""
@@ -210,8 +217,12 @@ class Supervisor:
 
     def register(self, spec_path: Path, backend_default: str) -> str:
         spec = load_spec(spec_path)
-        self.repo.register(spec, spec_path, spec.backend or backend_default)
+        self.repo.register(spec, spec_path, spec.backend or backend_default, campaigns.shares_of(spec, spec_path))
         return spec.name
+
+    def submit(self, spec_path: Path, backend_default: str) -> list[str]:
+        """Register a run spec's run or a campaign spec's runs (all or none); their names."""
+        return campaigns.register(self.repo, spec_path, backend_default)
 
     def pause(self, name: str) -> bool:
         """True if the run was paused now, False if it already was."""

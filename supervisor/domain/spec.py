@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -130,6 +131,19 @@ class StageSpec(_Strict):
         return self
 
 
+class Budget(_Strict):
+    """Node-hours a run (or a campaign, all its runs together) may spend; past either, nothing new is submitted."""
+
+    node_hours: float | None = Field(default=None, gt=0, strict=True)
+    wasted_node_hours: float | None = Field(default=None, gt=0, strict=True)
+
+    @model_validator(mode="after")
+    def _something(self) -> Budget:
+        if self.node_hours is None and self.wasted_node_hours is None:
+            raise ValueError("a budget needs `node_hours`, `wasted_node_hours` or both")
+        return self
+
+
 class RunSpec(_Strict):
     name: str = Field(pattern=NAME_RE.pattern)
     backend: Literal["slurm", "pyslurm", "local"] | None = None
@@ -142,6 +156,7 @@ class RunSpec(_Strict):
     notify: list[NotifyChannelSpec] = []
     # Nodes the run may keep excluded at once; past it a person is notified instead (0: never exclude).
     max_excluded_nodes: Count = Field(default=MAX_EXCLUDED_NODES, ge=0, le=1000)
+    budget: Budget | None = None
 
     @model_validator(mode="after")
     def _unique_stages(self) -> RunSpec:
@@ -168,9 +183,11 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _first_error(path: Path, exc: ValidationError) -> SpecError:
+def _first_error(path: Path, exc: ValidationError, within: str = "") -> SpecError:
     err = exc.errors()[0]
     loc = _loc(tuple(err["loc"]))
+    if within:
+        loc = f"{within}.{loc}" if loc else within
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -192,6 +209,10 @@ def _resolve(base: Path, value: Path | None) -> Path | None:
         return (base / value).resolve()
     except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13): the checks name it
         return base / value
+
+
+def _at(within: str, field: str) -> str:
+    return f"{within}.{field}" if within else field
 
 
 def _line_column(text: str, position: int) -> str:
@@ -218,8 +239,8 @@ def parse_yaml(text: str) -> tuple[Any, str, str]:
         return None, "", "invalid YAML: nested too deeply"
 
 
-def load_spec(path: Path) -> RunSpec:
-    """Read, validate and resolve a spec; every relative path becomes relative to the spec file."""
+def read_mapping(path: Path, expected: str = "a YAML mapping with `name` and `stages`") -> dict[str, Any]:
+    """The YAML mapping in ``path``; SpecError (one line naming the file and where) for anything else."""
     path = Path(path)
     problem = file_problem(path)
     if problem is not None:
@@ -234,14 +255,25 @@ def load_spec(path: Path) -> RunSpec:
     if problem:
         raise SpecError(path, where, problem)
     if not isinstance(data, dict):
-        raise SpecError(path, "", "expected a YAML mapping with `name` and `stages`")
+        raise SpecError(path, "", f"expected {expected}")
     # execve() and open() stop at a NUL: the job would run another argv or path than the spec says.
     if (nul := _nul_at(data)) is not None:
         raise SpecError(path, nul, "contains a NUL byte")
+    return data
+
+
+def load_spec(path: Path) -> RunSpec:
+    """Read, validate and resolve a spec; every relative path becomes relative to the spec file."""
+    return run_spec(Path(path), read_mapping(path))
+
+
+def run_spec(path: Path, data: Mapping[str, Any], within: str = "") -> RunSpec:
+    """Validate and resolve one run's spec read from ``path``; ``within`` prefixes the field in errors
+    (a campaign's ``runs[2]``)."""
     try:
         spec = RunSpec.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(path, exc) from None
+        raise _first_error(path, exc, within) from None
     if spec.signatures:
         from supervisor.domain.errors import SignatureError
         from supervisor.logs.scanner import Catalogue
@@ -250,22 +282,22 @@ def load_spec(path: Path) -> RunSpec:
             Catalogue.load(spec.signatures, source=str(path))
         except SignatureError as exc:
             # The message already names the file, the entry and the field.
-            raise SpecError(path, "", str(exc).removeprefix(f"{path}: ")) from None
-    return _resolve_paths(path, spec)
+            raise SpecError(path, within, str(exc).removeprefix(f"{path}: ")) from None
+    return _resolve_paths(path, spec, within)
 
 
-def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
+def _resolve_paths(path: Path, spec: RunSpec, within: str = "") -> RunSpec:
     base = path.resolve().parent
     stages = []
     for i, stage in enumerate(spec.stages):
         script = _resolve(base, stage.script)
         if script is not None and (problem := file_problem(script)) is not None:
-            raise SpecError(path, f"stages[{i}].script", f"{problem}: {stage.script}")
+            raise SpecError(path, _at(within, f"stages[{i}].script"), f"{problem}: {stage.script}")
         stages.append(stage.model_copy(update={"script": script, "venv": _resolve(base, stage.venv)}))
     axolotl_config = _resolve(base, spec.axolotl_config)
     if axolotl_config is not None:
         if (problem := file_problem(axolotl_config)) is not None:
-            raise SpecError(path, "axolotl_config", f"{problem}: {spec.axolotl_config}")
+            raise SpecError(path, _at(within, "axolotl_config"), f"{problem}: {spec.axolotl_config}")
         from supervisor.domain.errors import AxolotlConfigError
         from supervisor.stages.axolotl import load_config
 
@@ -273,11 +305,11 @@ def _resolve_paths(path: Path, spec: RunSpec) -> RunSpec:
             # A config the pipeline cannot work with fails here, not hours later in a queued job.
             load_config(axolotl_config, base_dir=base)
         except AxolotlConfigError as exc:
-            raise SpecError(path, "axolotl_config", str(exc)) from None
+            raise SpecError(path, _at(within, "axolotl_config"), str(exc)) from None
     workdir = _resolve(base, spec.workdir) or (base / "runs" / spec.name)
     # Checked now: a workdir that cannot be created fails every attempt of every stage, hours later.
     if (problem := directory_problem(workdir)) is not None:
-        raise SpecError(path, "workdir", f"{workdir} {problem}")
+        raise SpecError(path, _at(within, "workdir"), f"{workdir} {problem}")
     return spec.model_copy(
         update={
             "stages": stages,

@@ -76,6 +76,7 @@ class EventKind(enum.StrEnum):
     RETRIED = "retried"
     CANCELLED = "cancelled"
     NEEDS_ATTENTION = "needs_attention"
+    BUDGET_EXCEEDED = "budget_exceeded"  # a run or its campaign spent its node-hour budget: paused
 
 
 class JobPhase(enum.StrEnum):

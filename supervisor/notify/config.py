@@ -29,6 +29,7 @@ DEFAULT_ON: tuple[EventKind, ...] = (
     EventKind.PAUSED_BY_OPERATOR,
     EventKind.RETRIES_EXHAUSTED,
     EventKind.NEEDS_ATTENTION,
+    EventKind.BUDGET_EXCEEDED,
 )
 
 ChannelKind = Literal["slack", "matrix", "webhook"]

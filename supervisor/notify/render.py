@@ -27,6 +27,7 @@ _SEVERITY: dict[str, str] = {
     EventKind.RESUBMITTED: "warning",
     EventKind.PAUSED_BY_OPERATOR: "warning",
     EventKind.NEEDS_ATTENTION: "error",
+    EventKind.BUDGET_EXCEEDED: "warning",
     EventKind.STAGE_SUCCEEDED: "success",
     EventKind.SUCCEEDED: "success",
     "test": "info",
@@ -42,6 +43,7 @@ _VERB: dict[str, str] = {
     EventKind.PAUSED_BY_OPERATOR: "was paused by an operator",
     EventKind.RETRIES_EXHAUSTED: "ran out of retries",
     EventKind.NEEDS_ATTENTION: "needs attention",
+    EventKind.BUDGET_EXCEEDED: "was paused: node-hour budget spent",
     "test": "test notification",
 }
 

@@ -1,15 +1,21 @@
-"""The ``prepare`` kind: ``axolotl preprocess`` on one CPU node, cleaning up after a failed attempt first."""
+"""The ``prepare`` kind: ``axolotl preprocess`` on one CPU node, cleaning up after a failed attempt first.
+
+Each attempt first writes down what ``dataset_prepared_path`` holds (``prepared-before.json`` in its attempt
+directory); a retry removes only the entries that were not there before the failed attempt, so a dataset
+another run prepared into the same directory survives (stages/datasets.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
 from supervisor.domain.spec import StageSpec
 from supervisor.domain.types import Progress, StageKind
-from supervisor.stages import axolotl, context
+from supervisor.stages import axolotl, context, datasets
 from supervisor.stages.base import StageContext, Submission
-from supervisor.stages.datasets import clean_prepared_data, prepared_dataset_present
+from supervisor.stages.datasets import prepared_dataset_present
 from supervisor.stages.render import common_values, read_template, render, sbatch_directives
 
 PREPROCESS_SUCCESS = "Success! Preprocessed data path"
@@ -35,10 +41,12 @@ class PrepareKind:
         cleaned: list[Path] = []
         if ctx.attempt > 1:
             # A killed preprocess leaves half a dataset that axolotl would load as if it were whole.
-            cleaned = clean_prepared_data(
-                config.dataset_prepared_path,
+            failed = context.attempt_dir(dataclasses.replace(ctx, attempt=ctx.attempt - 1))
+            cleaned = datasets.clean_after_failed_attempt(
+                config.dataset_prepared_path, datasets.read_snapshot(failed),
                 protect=(base_dir, config.output_dir, ctx.workdir, config.path),
             )
+        datasets.write_snapshot(config.dataset_prepared_path, context.attempt_dir(ctx))
         derived = axolotl.write_derived(config, axolotl.prepare_overrides(config), context.attempt_dir(ctx))
         text = render_prepare(
             ctx, venv=venv, base_dir=base_dir, config=derived, dataset_prepared_path=config.dataset_prepared_path

@@ -47,6 +47,8 @@ class Run(Base):
     workdir: Mapped[str] = mapped_column(Text)
     # Why the run needs attention (or why it was paused by the supervisor itself); None otherwise.
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The campaign it was submitted with (campaigns.name), or None for a run of its own.
+    campaign: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -67,6 +69,10 @@ class Stage(Base):
     state: Mapped[str] = mapped_column(String(16))
     # `retry` gives a fresh budget: attempts numbered below this do not count against max_attempts.
     budget_start: Mapped[int] = mapped_column(Integer, default=1)
+    # prepare: the resolved dataset_prepared_path, and a key equal for stages that prepare the same dataset
+    # there (stages/datasets.py `share_key`), both taken when the run was registered.
+    share_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    prepared_path: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     run: Mapped[Run] = relationship(back_populates="stages")
@@ -123,6 +129,19 @@ class Attempt(Base):
     start_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     stage: Mapped[Stage] = relationship(back_populates="attempts")
+
+
+class Campaign(Base):
+    """Runs submitted together from one campaign spec: a cap on their live jobs and a node-hour budget."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec_path: Mapped[str] = mapped_column(Text)
+    # max_live_jobs, budget, allocation_node_hours as validated (the runs keep their own specs).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Event(Base):
@@ -185,4 +204,4 @@ class ChannelState(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-__all__ = ["Attempt", "Base", "ChannelState", "Event", "ExcludedNode", "OutboxEntry", "Run", "Stage"]
+__all__ = ["Attempt", "Base", "Campaign", "ChannelState", "Event", "ExcludedNode", "OutboxEntry", "Run", "Stage"]

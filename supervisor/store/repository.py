@@ -26,7 +26,7 @@ from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import AttemptState, EventKind, JobInfo, RunState, StageState
 from supervisor.notify import enqueue
-from supervisor.store.models import Attempt, Event, ExcludedNode, Run, Stage
+from supervisor.store.models import Attempt, Campaign, Event, ExcludedNode, Run, Stage
 from supervisor.store.readmodels import attempt_facts, attempts_of
 
 log = structlog.get_logger("supervisor")
@@ -142,20 +142,41 @@ class Repository:
         log.info(kind.value, run=run.name, stage=stage, attempt=attempt, message=message)
         return event
 
-    def register(self, spec: RunSpec, spec_path: Path, backend: str) -> None:
-        now = self.clock.now()
+    def register(self, spec: RunSpec, spec_path: Path, backend: str,
+                 shares: Mapping[str, tuple[str, str]] | None = None) -> None:
+        """Register one run. ``shares``: prepare stage -> (share key, resolved dataset_prepared_path)."""
         with self.sessions.begin() as session:
-            if session.scalar(select(Run.id).where(Run.name == spec.name)) is not None:
-                raise UserError(f"{spec_path}: name: a run named {spec.name!r} already exists")
-            run = Run(name=spec.name, uid=secrets.token_hex(4), state=RunState.PENDING.value, backend=backend,
-                      spec_path=str(Path(spec_path).resolve()), spec=spec.model_dump(mode="json"),
-                      workdir=str(spec.workdir), created_at=now, updated_at=now)
-            for position, stage in enumerate(spec.stages):
-                run.stages.append(Stage(position=position, name=stage.name, kind=stage.kind.value,
-                                        state=StageState.PENDING.value, budget_start=1, updated_at=now))
-            session.add(run)
-            session.flush()
-            self.event(session, run, EventKind.REGISTERED, f"run {spec.name} registered from {spec_path}")
+            self._register(session, spec, spec_path, backend, shares or {}, None)
+
+    def register_campaign(self, name: str, settings: Mapping[str, Any], specs: Sequence[RunSpec], spec_path: Path,
+                          backend_of: Mapping[str, str], shares: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
+        """Register a campaign and all its runs in one transaction: all of them, or none."""
+        with self.sessions.begin() as session:
+            if session.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
+                raise UserError(f"{spec_path}: campaign: a campaign named {name!r} already exists")
+            session.add(Campaign(name=name, spec_path=str(Path(spec_path).resolve()), spec=dict(settings),
+                                 created_at=self.clock.now()))
+            for spec in specs:
+                self._register(session, spec, spec_path, backend_of[spec.name], shares.get(spec.name, {}), name)
+
+    def _register(self, session: Session, spec: RunSpec, spec_path: Path, backend: str,
+                  shares: Mapping[str, tuple[str, str]], campaign: str | None) -> None:
+        now = self.clock.now()
+        if session.scalar(select(Run.id).where(Run.name == spec.name)) is not None:
+            field = "name" if campaign is None else f"runs: {spec.name}"
+            raise UserError(f"{spec_path}: {field}: a run named {spec.name!r} already exists")
+        run = Run(name=spec.name, uid=secrets.token_hex(4), state=RunState.PENDING.value, backend=backend,
+                  spec_path=str(Path(spec_path).resolve()), spec=spec.model_dump(mode="json"),
+                  workdir=str(spec.workdir), campaign=campaign, created_at=now, updated_at=now)
+        for position, stage in enumerate(spec.stages):
+            key, prepared = shares.get(stage.name, (None, None))
+            run.stages.append(Stage(position=position, name=stage.name, kind=stage.kind.value,
+                                    state=StageState.PENDING.value, budget_start=1, updated_at=now,
+                                    share_key=key, prepared_path=prepared))
+        session.add(run)
+        session.flush()
+        where = f" (campaign {campaign})" if campaign else ""
+        self.event(session, run, EventKind.REGISTERED, f"run {spec.name} registered from {spec_path}{where}")
 
     def apply(
         self, run_id: int, decided_in: RunState, actions: Sequence[core.Action],

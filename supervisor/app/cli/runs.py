@@ -29,13 +29,16 @@ T = TypeVar("T")
 
 
 @app.command()
-def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).", metavar="SPEC")]) -> None:
-    """Validate a run spec and register the run; the daemon (or `tick`) starts it."""
+def submit(spec: Annotated[Path, typer.Argument(
+        help="Run spec or campaign spec (YAML).", metavar="SPEC")]) -> None:
+    """Validate a run spec (or a campaign spec) and register the run (or all the campaign's runs, or none);
+    prints each name registered, one per line. The daemon (or `tick`) starts them."""
     from supervisor.backends import default_backend
 
     with user_errors():
-        name = supervisor_obj().register(spec, default_backend())
-    out.print(name, markup=False, highlight=False)
+        names = supervisor_obj().submit(spec, default_backend())
+    for name in names:
+        out.print(name, markup=False, highlight=False)
 
 
 @app.command()

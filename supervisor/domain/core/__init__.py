@@ -27,7 +27,16 @@ from supervisor.domain.core.actions import (
 from supervisor.domain.core.advance import advance, backoff
 from supervisor.domain.core.commands import cancel, pause, resume, retry
 from supervisor.domain.core.observe import VANISHED_AFTER, observe, wants_down_nodes, wants_job_nodes
-from supervisor.domain.core.views import AttemptView, Observation, Refused, RunView, StageView
+from supervisor.domain.core.views import (
+    AttemptView,
+    Gate,
+    Observation,
+    Refused,
+    RunView,
+    SharedPrepare,
+    Sharing,
+    StageView,
+)
 
 __all__ = [
     "VANISHED_AFTER",
@@ -37,6 +46,7 @@ __all__ = [
     "Cancel",
     "Emit",
     "ExcludeNode",
+    "Gate",
     "Observation",
     "Outcome",
     "Refused",
@@ -44,6 +54,8 @@ __all__ = [
     "RunView",
     "SetRun",
     "SetStage",
+    "SharedPrepare",
+    "Sharing",
     "StageView",
     "Submit",
     "UpdateAttempt",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from supervisor.domain.core.actions import Action, Emit, Outcome, SetRun, SetStage, Submit
-from supervisor.domain.core.views import AttemptView, RunView, StageView, budget_use
+from supervisor.domain.core.views import AttemptView, RunView, Sharing, StageView, budget_use
 from supervisor.domain.policy import Backoff
 from supervisor.domain.types import AttemptState, EventKind, RunState, StageState
 
@@ -46,6 +46,9 @@ def _advance_stage(run: RunView, stage: StageView, now: datetime) -> list[Action
         due = current.ended_at + timedelta(seconds=backoff(stage))
         if now < due:
             return []
+    held = _held(run, stage)
+    if held is not None:
+        return held
     number = (current.number + 1) if current is not None else 1
     actions: list[Action] = [Submit(stage.name, number)]
     if stage.state is not StageState.RUNNING:
@@ -60,6 +63,37 @@ def _advance_stage(run: RunView, stage: StageView, now: datetime) -> list[Action
                             f"{stage.name}: attempt {number} after {current.cause or 'failure'}{spared}",
                             stage.name, number, {"cause": current.cause, "counted": counted}))
     return actions
+
+
+def _held(run: RunView, stage: StageView) -> list[Action] | None:
+    """What to do instead of submitting the stage's next job, when other runs or a budget stand in the way;
+    None when nothing does. ``[]`` waits."""
+    shared = run.gate.prepare.get(stage.name)
+    if shared is not None and (stage.current is None or shared.state is Sharing.BUSY):
+        # A stage that has attempts of its own leads its dataset: it only waits for the directory.
+        opening: list[Action] = [SetRun(RunState.RUNNING)] if run.state is RunState.PENDING else []
+        if shared.state is Sharing.SUCCEEDED:
+            return [*opening, SetStage(stage.name, StageState.SUCCEEDED),
+                    Emit(EventKind.STAGE_SUCCEEDED,
+                         f"stage {stage.name} succeeded: run {shared.run} prepared the same dataset",
+                         stage.name, None, {"shared_with": shared.run})]
+        if shared.state is Sharing.FAILED:
+            return [*opening, SetStage(stage.name, StageState.FAILED), SetRun(RunState.FAILED),
+                    Emit(EventKind.FAILED,
+                         f"stage {stage.name} failed: the prepare it shares with run {shared.run} failed"
+                         + (f" ({shared.cause})" if shared.cause else ""),
+                         stage.name, None, {"shared_with": shared.run})]
+        return []
+    if run.gate.over_budget is not None:
+        paused: list[Action] = [SetRun(RunState.PAUSED, f"budget: {run.gate.over_budget}")]
+        if run.gate.announce_budget:
+            paused.append(Emit(EventKind.BUDGET_EXCEEDED,
+                               f"paused before submitting {stage.name}: {run.gate.over_budget}",
+                               stage.name, None, {"budget": run.gate.over_budget}))
+        return paused
+    if run.gate.wait is not None:
+        return []
+    return None
 
 
 def _close(run: RunView, stage: StageView, attempt: AttemptView) -> list[Action] | None:

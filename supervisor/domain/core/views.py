@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,6 +108,32 @@ def budget_use(attempt: AttemptView, budget_start: int) -> tuple[bool, str]:
     return True, f"ended {attempt.state.value}" + (f": {attempt.cause}" if attempt.cause else "")
 
 
+class Sharing(enum.StrEnum):
+    """Where another run's prepare of the same directory stands (see :class:`SharedPrepare`)."""
+
+    LIVE = "live"  # it prepares the same dataset now: wait, then train from it
+    SUCCEEDED = "succeeded"  # it prepared the same dataset, still on disk: nothing to do
+    FAILED = "failed"  # its prepare of the same dataset (a run of the same campaign) failed for good
+    BUSY = "busy"  # it prepares ANOTHER dataset into the same directory now: wait for the directory
+
+
+@dataclass(frozen=True)
+class SharedPrepare:
+    run: str  # the other run
+    state: Sharing
+    cause: str | None = None  # FAILED: why its prepare failed
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the other runs and the run's campaign say about submitting the run's next job."""
+
+    wait: str | None = None  # e.g. the campaign's max_live_jobs are live: hold new submissions
+    over_budget: str | None = None  # the node-hours spent against a budget, once one is spent
+    announce_budget: bool = True  # False: another run of the campaign already said the budget is spent
+    prepare: Mapping[str, SharedPrepare] = field(default_factory=dict)  # by stage name
+
+
 @dataclass(frozen=True)
 class RunView:
     name: str
@@ -116,6 +143,7 @@ class RunView:
     resubmit_limits: Mapping[str, int] = field(default_factory=dict)
     excluded_nodes: tuple[str, ...] = ()  # the run's exclusions in force now
     max_excluded_nodes: int = MAX_EXCLUDED_NODES
+    gate: Gate = field(default_factory=lambda: Gate())
 
     def stage(self, name: str) -> StageView:
         return next(s for s in self.stages if s.name == name)
