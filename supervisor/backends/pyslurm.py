@@ -7,7 +7,7 @@ knows, like ``scontrol show job``), ``pyslurm.Job(id).cancel()``, and ``pyslurm.
 pyslurm.db.JobFilter(ids=...))`` for jobs slurmctld has forgotten (like ``sacct``, where slurmdbd
 exists). The records are read into JobInfo by pure functions over their attributes, so the mapping is
 tested where pyslurm cannot be installed; state names and exit codes mean what they mean for the CLI
-backend (:func:`supervisor.backends.slurm_cli.phase_of`).
+backend (:mod:`supervisor.backends.slurm_cli.states`).
 
 ``import pyslurm`` happens when the adapter is built, never at import time: where pyslurm cannot load
 (:func:`load`), ``make_cluster`` falls back to the CLI backend with a warning.
@@ -23,13 +23,11 @@ from types import ModuleType
 from typing import Any
 
 from supervisor.backends import job_environment
-from supervisor.backends.slurm_cli import error_for, newest, phase_of
+from supervisor.backends.slurm_cli.commands import ALREADY_GONE_MARKERS, error_for
+from supervisor.backends.slurm_cli.states import exit_status, job_info, newest
 from supervisor.domain.accounting import SchedulerUsage
 from supervisor.domain.errors import ClusterError
 from supervisor.domain.types import JobInfo, SubmitRequest
-
-# scancel's "already ended" answers, as the controller words them (pyslurm raises them as RPCError).
-_ALREADY_GONE = ("Invalid job id specified", "Job/step already completing or completed")
 
 
 def load() -> ModuleType:
@@ -54,38 +52,29 @@ def _text(value: Any) -> str | None:
 
 
 def _exit_code(job: Any) -> int | None:
-    """The shell's convention, as for ExitCode=N:S: 128+S when a signal ended the job."""
+    """As for ExitCode=N:S: the code, or 128+S when a signal ended the job."""
     signal = getattr(job, "exit_code_signal", None) or 0
     code = getattr(job, "exit_code", None)
-    if signal:
-        return 128 + int(signal)
-    return None if code is None else int(code)
+    return exit_status(None if code is None else int(code), int(signal))
 
 
 def job_info_from_controller(job: Any) -> JobInfo:
     """A ``pyslurm.Job`` (slurmctld's record) as JobInfo."""
     reason = _text(job.state_reason)
-    phase = phase_of(str(job.state), reason)
-    nodes = _text(getattr(job, "allocated_nodes", None))
-    return JobInfo(
-        job_id=str(job.id), name=str(job.name or ""), phase=phase, raw_state=str(job.state),
-        exit_code=_exit_code(job) if phase.finished else None, nodes=nodes,
-        reason=None if reason == "None" else reason, submit_time=_time(job.submit_time),
-        start_time=_time(job.start_time) if nodes is not None else None,
-        end_time=_time(job.end_time) if phase.finished else None,
+    return job_info(
+        str(job.id), str(job.name or ""), str(job.state), reason=None if reason == "None" else reason,
+        exit_code=_exit_code(job), nodes=_text(getattr(job, "allocated_nodes", None)),
+        submit_time=_time(job.submit_time), start_time=_time(job.start_time), end_time=_time(job.end_time),
         excluded_nodes=_text(getattr(job, "excluded_nodes", None)),
     )
 
 
 def job_info_from_database(job: Any) -> JobInfo:
     """A ``pyslurm.db.Job`` (slurmdbd's record) as JobInfo."""
-    phase = phase_of(str(job.state))
-    nodes = _text(getattr(job, "nodelist", None))
-    return JobInfo(
-        job_id=str(job.id), name=str(job.name or ""), phase=phase, raw_state=str(job.state),
-        exit_code=_exit_code(job) if phase.finished else None, nodes=nodes,
-        submit_time=_time(job.submit_time), start_time=_time(job.start_time) if nodes is not None else None,
-        end_time=_time(job.end_time) if phase.finished else None,
+    return job_info(
+        str(job.id), str(job.name or ""), str(job.state), exit_code=_exit_code(job),
+        nodes=_text(getattr(job, "nodelist", None)), submit_time=_time(job.submit_time),
+        start_time=_time(job.start_time), end_time=_time(job.end_time),
     )
 
 
@@ -165,7 +154,7 @@ class PyslurmCluster:
         try:
             self._pyslurm.Job(int(job_id.split("_", 1)[0])).cancel()
         except Exception as exc:
-            if any(marker in str(exc) for marker in _ALREADY_GONE):
+            if any(marker in str(exc) for marker in ALREADY_GONE_MARKERS):
                 return
             raise self._error("cancel", exc) from exc
 
