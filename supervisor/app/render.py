@@ -160,3 +160,22 @@ def diagnose_renderables(result: Mapping[str, Any]) -> list[RenderableType]:
     verdict = result["verdict"]
     line = f"{verdict['signature']} -> {verdict['action']}" if verdict else "no known failure"
     return [table, Text("verdict: " + line)]
+
+
+def campaign_line(name: str, rows: list[dict[str, Any]]) -> str:
+    """One line over a campaign's rows: how many runs in which state, node-hours spent, the budget."""
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    used = sum(row["node_hours"]["used"] for row in rows)
+    wasted = sum(row["node_hours"]["wasted"] for row in rows)
+    line = (f"campaign {name}: {len(rows)} runs ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); "
+            f"{used:.2f} node-hours used, {wasted:.2f} wasted")
+    budget = next((row["budget"] for row in rows if row.get("budget") and row["budget"]["scope"] == "campaign"),
+                  None)
+    if budget is not None:
+        limits = [f"{budget[k]:g} {label}" for k, label in (("node_hours", "node-hours"),
+                                                           ("wasted_node_hours", "wasted"))
+                  if budget.get(k) is not None]
+        line += f"; budget {', '.join(limits)}"
+    return line

@@ -38,7 +38,7 @@ from supervisor.notify.queue import pending_count
 from supervisor.stages.datasets import prepared_dataset_present
 from supervisor.store import gates, readmodels
 from supervisor.store.db import open_database
-from supervisor.store.models import Attempt, Run, Stage
+from supervisor.store.models import Attempt, Campaign, Run, Stage
 from supervisor.store.readmodels.rows import session_query
 from supervisor.store.repository import ACTIVE, POLLED, Effect, Repository
 
@@ -223,6 +223,17 @@ class Supervisor:
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:
         """Register a run spec's run or a campaign spec's runs (all or none); their names."""
         return campaigns.register(self.repo, spec_path, backend_default)
+
+    def runs_of(self, name: str) -> tuple[str | None, list[str]]:
+        """``(None, [name])`` for a run; ``(name, its runs still active)`` for a campaign of that name (a run's
+        name wins where both exist). UserError when neither exists."""
+        with self.sessions() as session:
+            if session.scalar(select(Run.id).where(Run.name == name)) is not None:
+                return None, [name]
+            if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
+                raise UserError(f"no run or campaign named {name!r} (see `supervisor status`)")
+            return name, list(session.scalars(select(Run.name).where(
+                Run.campaign == name, Run.state.in_([*_ACTIVE, RunState.NEEDS_ATTENTION.value])).order_by(Run.id)))
 
     def pause(self, name: str) -> bool:
         """True if the run was paused now, False if it already was."""

@@ -42,16 +42,26 @@ def submit(spec: Annotated[Path, typer.Argument(
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    campaign: Annotated[str | None, typer.Option(
+        "--campaign", metavar="NAME", help="Only the runs of this campaign, under a line of its totals.")] = None,
+) -> None:
     """One row per run."""
     with user_errors():
         rows = reading().status()
+        if campaign is not None:
+            rows = [row for row in rows if row.get("campaign") == campaign]
+            if not rows:
+                fail(f"no campaign named {campaign!r} (see `supervisor status`)")
     elsewhere = daemon_elsewhere()
     if elsewhere:
         err.print(f"note: {elsewhere}", markup=False, highlight=False)
     if as_json:
         print_json(rows)
         return
+    if campaign is not None:
+        out.print(render.campaign_line(campaign, rows), markup=False, highlight=False)
     out.print(render.status_table(rows))
 
 
@@ -131,11 +141,14 @@ def _simple(action: Callable[[Any, str], T], name: str, done: str) -> T:
 
 
 @app.command()
-def cancel(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
-    """Cancel a run: its live jobs leave the queue and nothing new is submitted."""
+def cancel(name: Annotated[str, typer.Argument(help="Run or campaign name.", metavar="RUN")]) -> None:
+    """Cancel a run (or every active run of a campaign): live jobs leave the queue, nothing new is submitted."""
     with user_errors():
-        jobs = supervisor_obj().cancel_run(name)
-    out.print(f"cancelled {name}" + (f" (jobs {', '.join(jobs)})" if jobs else ""), markup=False)
+        sv = supervisor_obj()
+        _, names = sv.runs_of(name)
+        for run in names:
+            jobs = sv.cancel_run(run)
+            out.print(f"cancelled {run}" + (f" (jobs {', '.join(jobs)})" if jobs else ""), markup=False)
 
 
 @app.command()
@@ -145,17 +158,24 @@ def retry(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")])
 
 
 @app.command()
-def pause(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
-    """Stop new submissions (live jobs keep running and are still watched)."""
+def pause(name: Annotated[str, typer.Argument(help="Run or campaign name.", metavar="RUN")]) -> None:
+    """Stop new submissions of a run (or of every active run of a campaign); live jobs keep running, watched."""
     with user_errors():
-        changed = supervisor_obj().pause(name)
-    out.print(f"paused {name}" if changed else f"{name} is already paused", markup=False, highlight=False)
+        sv = supervisor_obj()
+        _, names = sv.runs_of(name)
+        for run in names:
+            changed = sv.pause(run)
+            out.print(f"paused {run}" if changed else f"{run} is already paused", markup=False, highlight=False)
 
 
 @app.command()
-def resume(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
-    """Allow new submissions again."""
+def resume(name: Annotated[str, typer.Argument(help="Run or campaign name.", metavar="RUN")]) -> None:
+    """Allow new submissions again (of a run, or of every paused run of a campaign)."""
     with user_errors():
-        changed = supervisor_obj().resume(name)
-    out.print(f"resumed {name}" if changed else f"{name} is not paused: nothing to resume", markup=False,
-              highlight=False)
+        sv = supervisor_obj()
+        _, names = sv.runs_of(name)
+        for run in names:
+            changed = sv.resume(run)
+            out.print(f"resumed {run}" if changed else f"{run} is not paused: nothing to resume", markup=False,
+                      highlight=False)
+

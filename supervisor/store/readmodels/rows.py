@@ -75,7 +75,8 @@ ATTEMPT_SELECT = ", ".join(f"a.{c}" for c in ATTEMPT_COLUMNS)
 # The current stage is the first one not yet succeeded, else the last; its attempt is the newest. The
 # correlated subqueries walk the (run_id, position) and (stage_id, number) unique indexes.
 STATUS_SQL = f"""
-SELECT r.id, r.name, r.state, r.updated_at, r.backend, r.reason, s.name, {ATTEMPT_SELECT}
+SELECT r.id, r.name, r.state, r.updated_at, r.backend, r.reason, r.campaign, json_extract(r.spec, '$.budget'),
+       s.name, {ATTEMPT_SELECT}
 FROM runs AS r
 LEFT JOIN stages AS s ON s.id = COALESCE(
     (SELECT id FROM stages WHERE run_id = r.id AND state != ? ORDER BY position LIMIT 1),
@@ -86,6 +87,8 @@ ORDER BY r.id
 
 
 RUN_SQL = "SELECT id, name, state, reason, backend, workdir, created_at, updated_at FROM runs WHERE {} = ?"
+CAMPAIGNS_SQL = "SELECT name, spec FROM campaigns"
+CAMPAIGN_OF_SQL = "SELECT campaign FROM runs WHERE id = ?"
 
 
 # Every attempt that ran, of every run, for the node-hours column of `status`; and the attempts a hang ended.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,8 @@ from supervisor.domain import accounting
 from supervisor.domain.types import EventKind, StageState
 from supervisor.store.readmodels.rows import (
     ALL_ATTEMPTS_SQL,
+    CAMPAIGN_OF_SQL,
+    CAMPAIGNS_SQL,
     EVENTS_SQL,
     EXCLUDED_SQL,
     RUN_SQL,
@@ -51,9 +54,11 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
     now = now or datetime.now(UTC)
     rows = []
     spent = node_hours_by_run(query, now)
-    for run_id, name, state, updated_at, backend, reason, stage, *columns in query(
+    budgets: dict[str, Any] = {}
+    for run_id, name, state, updated_at, backend, reason, campaign, budget, stage, *columns in query(
             STATUS_SQL, (StageState.SUCCEEDED.value,)):
         attempt = attempt_row(columns)
+        budgets[name] = json.loads(budget) if isinstance(budget, str) else None
         rows.append({
             "name": name,
             "state": state,
@@ -69,7 +74,51 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
             "eta": iso(eta_of(attempt)),
             "loss": attempt.loss if attempt else None,
             "node_hours": spent.get(run_id, {"used": 0.0, "wasted": 0.0}),
+            "campaign": campaign,
         })
+    return with_budgets(rows, budgets, campaign_settings(query))
+
+
+def _show_prepares(query: Query, run_id: int, campaign: str | None, stages: list[dict[str, Any]]) -> None:
+    """A prepare stage's ``prepare``: its directory, and the other run whose prepare it follows (``sharing``
+    live/succeeded/failed) or waits for because it writes another dataset into that directory (busy). As the
+    database has it: a finished dataset deleted since still shows as succeeded (the daemon looks on disk)."""
+    from supervisor.store import gates
+
+    for stage, (prepared, shared) in gates.prepares_of(query, run_id, campaign, lambda _: True).items():
+        entry = next(s for s in stages if s["name"] == stage)
+        entry["prepare"] = {"dataset_prepared_path": prepared,
+                            "shared_with": shared.run if shared else None,
+                            "sharing": shared.state.value if shared else None}
+
+
+def campaign_settings(query: Query) -> dict[str, dict[str, Any]]:
+    settings = {}
+    for name, spec in query(CAMPAIGNS_SQL, ()):
+        loaded = json.loads(spec) if isinstance(spec, str) else spec
+        settings[name] = loaded if isinstance(loaded, dict) else {}
+    return settings
+
+
+def with_budgets(rows: list[dict[str, Any]], own: dict[str, Any],
+                 campaigns: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's ``budget``: the run's own (spent by the run), else its campaign's (spent by all its runs),
+    else None. ``{"scope", "node_hours", "wasted_node_hours", "used", "wasted"}``, the limits null when unset."""
+    by_campaign: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["campaign"] is not None:
+            total = by_campaign.setdefault(row["campaign"], {"used": 0.0, "wasted": 0.0})
+            total["used"] += row["node_hours"]["used"]
+            total["wasted"] += row["node_hours"]["wasted"]
+    for row in rows:
+        limits, scope, spent = own.get(row["name"]), "run", row["node_hours"]
+        if not isinstance(limits, dict) and row["campaign"] is not None:
+            limits = campaigns.get(row["campaign"], {}).get("budget")
+            scope, spent = "campaign", by_campaign[row["campaign"]]
+        row["budget"] = None if not isinstance(limits, dict) else {
+            "scope": scope, "node_hours": limits.get("node_hours"),
+            "wasted_node_hours": limits.get("wasted_node_hours"),
+            "used": round(spent["used"], 2), "wasted": round(spent["wasted"], 2)}
     return rows
 
 
@@ -119,7 +168,9 @@ def show_from(query: Query, run: int | str, now: datetime | None = None) -> dict
         {"node": node, "reason": why, "evidence": evidence, "line": line, "until": as_time(until).isoformat()}
         for node, why, evidence, line, until in query(EXCLUDED_SQL, (run_id,))
     ]
-    return {"name": run_name, "state": state, "reason": reason, "backend": backend,
+    campaign = next(iter(query(CAMPAIGN_OF_SQL, (run_id,))))[0]
+    _show_prepares(query, run_id, campaign, stages)
+    return {"name": run_name, "state": state, "reason": reason, "backend": backend, "campaign": campaign,
             "workdir": workdir, "created_at": as_time(created_at).isoformat(),
             "updated_at": as_time(updated_at).isoformat(), "stages": stages, "events": events,
             "excluded_nodes": excluded, "notifications": undelivered(query, run_id)}
