@@ -13,6 +13,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,34 @@ def test_a_campaign_of_four_runs_on_two_datasets_prepares_twice_and_keeps_to_max
     assert 1 <= most <= 2
     rows = [r for r in driven.sv.status() if r["campaign"] == "hparams"]
     assert len(rows) == 4
+
+
+def test_a_failure_loop_that_spends_the_wasted_budget_pauses_the_run_with_one_notification(driven: Driven) -> None:
+    """Every attempt sleeps 3 s and exits 1: 3 wasted node-seconds each against a budget of 7.2 (0.002 h)."""
+    require_multinode()
+    from sqlalchemy import select
+
+    from supervisor.store.models import OutboxEntry
+
+    script = driven.files.script("loop.sbatch", "#!/bin/bash\n#SBATCH --time=00:02:00\nsleep 3\nexit 1\n")
+    driven.submit({"name": "loop", "backend": "slurm", "workdir": str(driven.root / "work"),
+                   "budget": {"wasted_node_hours": 0.002},
+                   "notify": [{"webhook": {"url": "http://127.0.0.1:9/hook"}}],
+                   "stages": [{"name": "s", "script": str(script), "max_attempts": 50, "retry_backoff": 0}]})
+    paused = driven.tick_until(lambda: driven.settled("loop"), "the run to stop")
+    assert paused["state"] == "paused", paused["events"]
+    assert paused["reason"].startswith("budget: "), paused["reason"]
+    attempts = driven.attempts("loop")
+    assert 3 <= len(attempts) < 50 and all(a["state"] == "failed" for a in attempts)
+    # One node each, all wasted: the seconds each ran, summed, pass 7.2 s with the last attempt and not before.
+    ran = [(datetime.fromisoformat(a["ended_at"]) - datetime.fromisoformat(a["started_at"])).total_seconds()
+           for a in attempts]
+    assert sum(ran) >= 7.2 > sum(ran[:-1]), ran
+    submitted = len(driven.cluster.submitted)
+    for _ in range(5):
+        driven.tick()
+    assert len(driven.cluster.submitted) == submitted == len(attempts), "nothing is submitted after the budget"
+    with driven.sv.sessions() as session:
+        kinds = list(session.scalars(select(OutboxEntry.kind)))
+    assert kinds.count("budget_exceeded") == 1, kinds
+    assert [e["kind"] for e in driven.show("loop")["events"]].count("budget_exceeded") == 1

@@ -133,14 +133,19 @@ def over_budget(budget: Any, used: accounting.Totals) -> str | None:
     if not isinstance(budget, dict):
         return None
     limit, wasted_limit = budget.get("node_hours"), budget.get("wasted_node_hours")
-    figures = (f"{accounting.hours(used.node_seconds):g} node-hours spent "
-               f"({accounting.hours(used.used):g} used, {accounting.hours(used.wasted):g} wasted)")
+    figures = (f"{_hours(used.node_seconds)} node-hours spent "
+               f"({_hours(used.used)} used, {_hours(used.wasted)} wasted)")
     # Compared in node-seconds: the hours shown are rounded.
     if isinstance(limit, int | float) and used.node_seconds >= limit * 3600:
         return f"{figures} of a {limit:g} node-hour budget"
     if isinstance(wasted_limit, int | float) and used.wasted >= wasted_limit * 3600:
         return f"{figures}; the budget allows {wasted_limit:g} wasted"
     return None
+
+
+def _hours(node_seconds: int) -> str:
+    """Three significant digits: a small test budget is not shown as 0."""
+    return f"{node_seconds / 3600:.3g}"
 
 
 def gate_for(query: Query, run_id: int, campaign: str | None, run_budget: Any, now: datetime,
