@@ -157,3 +157,27 @@ def test_the_core_pauses_on_a_spent_budget_and_waits_for_the_job_cap() -> None:
     assert quiet == [SetRun(RunState.PAUSED, "budget: 3 node-hours spent")]
     assert core.advance(run_view(Gate(wait="campaign c: 2 of max_live_jobs 2 jobs live")), NOW) == []
     assert Submit("prepare", 1) in core.advance(run_view(Gate()), NOW)
+
+
+def test_report_and_status_give_a_campaigns_node_hours_against_its_allocation_and_budget(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from supervisor.app.service import Supervisor
+    from supervisor.store.models import Attempt, Run
+
+    h = Harness(tmp_path)
+    h.cli("submit", str(campaign_file(h, allocation_node_hours=10, budget={"node_hours": 5})))
+    sv = Supervisor(h.home)
+    with sv.sessions.begin() as session:
+        run = session.query(Run).filter_by(name="r1").one()
+        run.stages[0].state = "succeeded"
+        start = datetime.now(UTC) - timedelta(hours=2)
+        session.add(Attempt(stage_id=run.stages[0].id, number=1, tag="r1-1", backend="local", job_id="1",
+                            state="succeeded", submitted_at=start, started_at=start,
+                            ended_at=start + timedelta(hours=1), nodes="node[01-02]"))
+    report = json.loads(h.cli("report", "--json").out)
+    (campaign,) = report["campaigns"]
+    assert (campaign["name"], campaign["node_hours"], campaign["allocation_used_percent"]) == ("hp", 2.0, 20.0)
+    rows = {r["name"]: r for r in json.loads(h.cli("status", "--json").out)}
+    assert rows["r2"]["budget"] == {"scope": "campaign", "node_hours": 5, "wasted_node_hours": None,
+                                    "used": 2.0, "wasted": 0.0}
