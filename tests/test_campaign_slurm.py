@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
-from multinode_fixtures import Driven, driven, require_multinode  # noqa: F401  (driven: a fixture)
+from multinode_fixtures import Driven, driven, require_multinode
+
+__all__ = ["driven"]  # the fixture, re-exported for pytest
 
 FAKE_AXOLOTL = '''
 import hashlib, json, os, sys, time
