@@ -31,6 +31,9 @@ class StageContext:
     # The directory the jobs `cd` into and against which relative paths in the axolotl config
     # resolve (the run spec's directory). None: the axolotl config's own directory.
     base_dir: Path | None = None
+    # `supervisor plan`: ``prepare`` may write into the attempt's directory (a scratch one) and nothing else:
+    # no checkpoint moved aside, no prepared data cleaned.
+    dry_run: bool = False
 
     @property
     def stage(self) -> str:

@@ -94,6 +94,13 @@ def _timestamp(now: datetime | None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
+def incomplete_after_newest(output_dir: Path) -> list[Checkpoint]:
+    """The incomplete checkpoints newer than the newest complete one: what a resumed attempt must not take."""
+    newest = newest_complete(output_dir)
+    floor = newest.step if newest else -1
+    return [c for c in list_checkpoints(output_dir) if c.step > floor and not is_complete(c.path)]
+
+
 def move_aside_incomplete(output_dir: Path, *, now: datetime | None = None) -> list[Path]:
     """Rename incomplete checkpoints newer than the newest complete one; return the new paths.
 
@@ -101,12 +108,8 @@ def move_aside_incomplete(output_dir: Path, *, now: datetime | None = None) -> l
     the wrong directory of a multi-day run is not recoverable. Older incomplete ones are left alone,
     since nothing resumes from them.
     """
-    newest = newest_complete(output_dir)
-    floor = newest.step if newest else -1
     moved = []
-    for checkpoint in list_checkpoints(output_dir):
-        if checkpoint.step <= floor or is_complete(checkpoint.path):
-            continue
+    for checkpoint in incomplete_after_newest(output_dir):
         base = output_dir / f"{INCOMPLETE_PREFIX}{checkpoint.path.name}-{_timestamp(now)}"
         target, n = base, 1
         while target.exists():

@@ -125,13 +125,21 @@ class MergeKind:
         config = context.load_axolotl_config(ctx)
         venv = context.venv(ctx)
         base_dir = context.base_dir(ctx)
+        try:
+            plan = plan_merge(config)
+        except StageError as exc:
+            if not ctx.dry_run or exc.permanent:
+                raise
+            # `plan` before training: the merge of the final checkpoint training is to write.
+            final = f"checkpoint-{config.max_steps}" if config.max_steps else "checkpoint-<final step>"
+            plan = MergePlan(mode="merge", checkpoint=config.output_dir / final)
         text = render_merge(
             ctx,
             venv=venv,
             base_dir=base_dir,
             output_dir=config.output_dir,
             merged=context.merged_dir(ctx, config),
-            plan=plan_merge(config),
+            plan=plan,
         )
         return Submission(script=context.write_script(ctx, text))
 

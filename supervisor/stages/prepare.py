@@ -39,7 +39,7 @@ class PrepareKind:
         venv = context.venv(ctx)
         base_dir = context.base_dir(ctx)
         cleaned: list[Path] = []
-        if ctx.attempt > 1:
+        if ctx.attempt > 1 and not ctx.dry_run:
             # A killed preprocess leaves half a dataset that axolotl would load as if it were whole.
             failed = context.attempt_dir(dataclasses.replace(ctx, attempt=ctx.attempt - 1))
             cleaned = datasets.clean_after_failed_attempt(

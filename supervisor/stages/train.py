@@ -10,7 +10,13 @@ from supervisor.domain.spec import StageSpec
 from supervisor.domain.types import Progress, StageKind
 from supervisor.stages import axolotl, context
 from supervisor.stages.base import StageContext, Submission
-from supervisor.stages.checkpoints import final_reached, list_checkpoints, move_aside_incomplete, newest_complete
+from supervisor.stages.checkpoints import (
+    final_reached,
+    incomplete_after_newest,
+    list_checkpoints,
+    move_aside_incomplete,
+    newest_complete,
+)
 from supervisor.stages.render import common_values, read_template, render, sbatch_directives
 
 DEFAULT_MASTER_PORT = 29500
@@ -56,7 +62,10 @@ class TrainKind:
         venv = context.venv(ctx)
         base_dir = context.base_dir(ctx)
         # Before picking the resume point: a checkpoint whose save was cut off must not be it.
-        moved = move_aside_incomplete(config.output_dir)
+        if ctx.dry_run:  # what would be moved aside, where it is now
+            moved = [c.path for c in incomplete_after_newest(config.output_dir)]
+        else:
+            moved = move_aside_incomplete(config.output_dir)
         resume = resume_checkpoint(config.output_dir)
         derived = axolotl.write_derived(config, axolotl.train_overrides(config, resume), context.attempt_dir(ctx))
         text = render_train(ctx, venv=venv, base_dir=base_dir, config=derived, resume_from=resume)

@@ -42,6 +42,29 @@ def submit(spec: Annotated[Path, typer.Argument(
 
 
 @app.command()
+def plan(
+    spec: Annotated[Path, typer.Argument(help="Run spec or campaign spec (YAML).", metavar="SPEC")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Do not ask the cluster (sinfo, sacctmgr) about partitions, accounts and QoS.")] = False,
+) -> None:
+    """What `submit SPEC` would do, with nothing submitted or written: each stage's sbatch command line,
+    script and derived axolotl config (a diff from yours), the prepares runs would share, and what the
+    cluster would refuse (exit code 2 when anything would be)."""
+    from supervisor.app import plan as planning
+    from supervisor.backends import default_backend
+
+    with user_errors():
+        found = planning.plan(spec, default_backend(), None if offline else planning.ask_cluster)
+    if as_json:
+        print_json(found)
+    else:
+        out.print(planning.render_text(found), markup=False, highlight=False, end="", soft_wrap=True)
+    if found["problems"]:
+        raise typer.Exit(2)
+
+
+@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     campaign: Annotated[str | None, typer.Option(
