@@ -296,3 +296,21 @@ def test_script_kind_and_errors(tmp_path: Path) -> None:
     unchecked = StageSpec.model_construct(name="t", kind=StageKind.TRANSFER)
     with pytest.raises(StageError, match="destination"):
         prepare(StageContext("r", unchecked, 1, tmp_path, config))
+
+
+def test_a_dry_run_moves_no_checkpoint_and_renders_the_merge_of_the_final_one(tmp_path: Path) -> None:
+    """`plan`: the kinds change nothing outside the (scratch) attempt directory."""
+    import dataclasses
+
+    config = project(tmp_path, **SHARDED)
+    out = config.parent / "out"
+    make_ckpt(out, 10)
+    make_ckpt(out, 15, complete=False)
+    c = dataclasses.replace(ctx("train", 1, workdir=tmp_path / "scratch", config=config), dry_run=True)
+    sub = prepare(c)
+    assert sub.moved_aside == (out / "checkpoint-15",) and (out / "checkpoint-15").is_dir()
+    assert sub.resume_from == out / "checkpoint-10"
+    with pytest.raises(StageError, match="no complete final checkpoint"):
+        prepare(ctx("merge", 1, workdir=tmp_path / "scratch", config=config))
+    merge = prepare(dataclasses.replace(ctx("merge", 1, workdir=tmp_path / "scratch", config=config), dry_run=True))
+    assert merge.script is not None and str(out / "checkpoint-20") in merge.script.read_text()
