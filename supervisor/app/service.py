@@ -231,7 +231,7 @@ class Supervisor:
             if session.scalar(select(Run.id).where(Run.name == name)) is not None:
                 return None, [name]
             if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
-                raise UserError(f"no run or campaign named {name!r} (see `supervisor status`)")
+                raise UserError(f"no run named {name!r}, nor a campaign (see `supervisor status`)")
             return name, list(session.scalars(select(Run.name).where(
                 Run.campaign == name, Run.state.in_([*_ACTIVE, RunState.NEEDS_ATTENTION.value])).order_by(Run.id)))
 
