@@ -18,15 +18,21 @@ from rich.console import Console, RenderableType
 from supervisor import __version__
 from supervisor.domain.errors import SpecError
 
+try:
+    # Plain strings, paths and numbers converted without importing pydantic (0.08 s): see coercion.py.
+    from supervisor.app.cli.coercion import PlainTyper as Typer
+except ImportError:  # a Typer without those internals: its own conversion
+    from typer import Typer  # type: ignore[assignment]  # the same constructor, without the plain conversion
+
 # rich_markup_mode=None: click's plain help. Typer's Rich help labels every flag `<bool>`, --help included.
-app = typer.Typer(
+app = Typer(
     help="Babysit LLM fine-tuning pipelines on SLURM: submit, watch, resubmit, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-notify_app = typer.Typer(help="Notification channels of a run.", no_args_is_help=True, rich_markup_mode=None)
+notify_app = Typer(help="Notification channels of a run.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(notify_app, name="notify")
 
 DEFAULT_HOME = Path("~/.local/state/supervisor")
