@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -10,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+
 from supervisor.app.service import Supervisor
 from supervisor.notify.queue import undelivered
 from supervisor.store import readmodels
-from supervisor.store.db import DB_NAME
+from supervisor.store.db import DB_NAME, JOURNAL_ENV, _alembic_config, create_db_engine
 from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage
 
 from fakes import ManualClock
@@ -80,13 +83,29 @@ def test_the_file_reader_gives_what_the_service_gives(tmp_path: Path) -> None:
     assert reader.show("c")["stages"][0]["attempts"] == []
 
 
-def test_the_cli_answers_status_and_show_without_importing_sqlalchemy(tmp_path: Path) -> None:
+def test_the_cli_answers_status_and_show_without_importing_sqlalchemy_pydantic_or_structlog(tmp_path: Path) -> None:
     home, sv = _home(tmp_path)
     for args, expected in ((["status", "--json"], sv.status()), (["show", "a", "--json"], sv.show("a"))):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "supervisor", "--home", str(home), *args],
                               capture_output=True, text=True, check=True)
         assert _timeless(json.loads(proc.stdout)) == _timeless(expected)
-        assert [line for line in proc.stderr.splitlines() if "sqlalchemy" in line] == []
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()}
+        assert imported & {"sqlalchemy", "pydantic", "structlog"} == set(), args
+
+
+def test_status_read_the_full_way_logs_as_every_command_does(tmp_path: Path) -> None:
+    """A database older than the plain queries is migrated through the service, which logs: to stderr, as the
+    JSON lines of a command not on a TTY, never into the JSON `status` prints."""
+    engine = create_db_engine(tmp_path / DB_NAME)
+    command.upgrade(_alembic_config(engine), "0001")
+    engine.dispose()
+    assert readmodels.FileReader.open(tmp_path) is None
+    env = {**os.environ, JOURNAL_ENV: "bogus"}  # makes opening the database log a warning
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "--home", str(tmp_path), "status", "--json"],
+                          capture_output=True, text=True, check=True, env=env)
+    assert json.loads(proc.stdout) == []
+    [line] = proc.stderr.splitlines()
+    assert json.loads(line)["event"] == "journal_mode_ignored"
 
 
 def test_an_unknown_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
