@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +50,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     if as_json:
         print_json(rows)
         return
-    out.print(render.status_table(rows))
+    if len(rows) <= render.PLAIN_ROWS:
+        out.print(render.status_table(rows))
+        return
+    rule = "\u2500" if out.encoding.lower().startswith("utf") else "-"  # as Rich draws it
+    sys.stdout.write("\n".join(render.status_lines(rows, out.width, rule)) + "\n")
 
 
 @app.command()
