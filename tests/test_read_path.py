@@ -17,7 +17,7 @@ from supervisor.app.service import Supervisor
 from supervisor.notify.queue import undelivered
 from supervisor.store import readmodels
 from supervisor.store.db import DB_NAME, JOURNAL_ENV, _alembic_config, create_db_engine
-from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage
+from supervisor.store.models import Attempt, Event, ExcludedNode, OutboxEntry, Run, Stage
 
 from fakes import ManualClock
 from readmodel_fixtures import attempt_row, two_stage_spec
@@ -81,6 +81,27 @@ def test_the_file_reader_gives_what_the_service_gives(tmp_path: Path) -> None:
     assert prep["attempts"][0]["started_at"] == (T0 + timedelta(seconds=5)).isoformat()
     assert [a["number"] for a in train["attempts"]] == [1, 2]
     assert reader.show("c")["stages"][0]["attempts"] == []
+
+
+def test_status_node_hours_of_each_run_are_the_reports(tmp_path: Path) -> None:
+    """`status` reads a third of an attempt's columns for its node-hours; the report reads them all."""
+    home, sv = _home(tmp_path)
+    with sv.sessions.begin() as session:
+        b = session.query(Run).filter_by(name="b").one()
+        b.stages[0].attempts[0].started_at = T0
+        b.stages[0].attempts[0].nodes = "n[1-4]"
+        b.stages[0].attempts[0].last_output_at = T0 + timedelta(seconds=15)  # hung from there: wasted
+        b.stages[1].attempts[0].started_at = T0
+        b.stages[1].attempts[0].first_step_at = T0 + timedelta(seconds=20)
+        b.stages[1].attempts[0].state = "failed"
+        session.add(Event(run_id=b.id, at=T0, kind="stalled", stage="prep", attempt=1, message="", data={}))
+    reader = readmodels.FileReader.open(home)
+    assert reader is not None
+    now = T0 + timedelta(hours=3)
+    report = {r["name"]: (r["used_node_hours"], r["wasted_node_hours"]) for r in reader.report(now=now)["runs"]}
+    status = {r["name"]: (r["node_hours"]["used"], r["node_hours"]["wasted"]) for r in reader.status(now)}
+    assert status == report
+    assert status["b"][0] > 0 and status["b"][1] > 0 and status["a"][1] > 0
 
 
 def test_the_cli_answers_status_and_show_without_importing_sqlalchemy_pydantic_or_structlog(tmp_path: Path) -> None:
