@@ -16,6 +16,7 @@ from supervisor.app.cli.base import (
     daemon_elsewhere,
     err,
     fail,
+    logging_on,
     out,
     print_json,
     reader_obj,
@@ -32,11 +33,19 @@ T = TypeVar("T")
 @app.command()
 def submit(spec: Annotated[Path, typer.Argument(help="Run spec (YAML).", metavar="SPEC")]) -> None:
     """Validate a run spec and register the run; the daemon (or `tick`) starts it."""
+    # What Supervisor.register does, without importing the service: its log watcher, observer and clusters
+    # cost `submit` 0.15 s of CPU, and a registration uses none of them.
     from supervisor.backends import default_backend
+    from supervisor.domain.ports import SystemClock
+    from supervisor.domain.spec import load_spec
+    from supervisor.store.db import open_database
+    from supervisor.store.repository import Repository
 
+    logging_on()
     with user_errors():
-        name = supervisor_obj().register(spec, default_backend())
-    out.print(name, markup=False, highlight=False)
+        run = load_spec(spec)
+        Repository(open_database(state.home), SystemClock()).register(run, spec, run.backend or default_backend())
+    out.print(run.name, markup=False, highlight=False)
 
 
 @app.command()
