@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 
 
+# Looked up once: an Enum member's .value is a descriptor call, and `status` asks for these once per attempt.
+_TRAIN, _QUEUED, _SUBMITTING = StageKind.TRAIN.value, AttemptState.QUEUED.value, AttemptState.SUBMITTING.value
+
+
 # store.db.DB_NAME: importing that module would import SQLAlchemy (a test keeps the two equal).
 DB_FILE = "supervisor.db"
 
@@ -196,23 +200,23 @@ def accounting_facts(
     event), and where the caller knows them, its last complete checkpoint and the scheduler's own figures."""
     return accounting.AttemptFacts(
         state=a.state, started_at=a.started_at, ended_at=a.ended_at, nodes=a.nodes, usage=usage, cause=a.cause,
-        exit_code=a.exit_code, work_done=bool(a.work_done), steps_expected=kind == StageKind.TRAIN.value,
+        exit_code=a.exit_code, work_done=bool(a.work_done), steps_expected=kind == _TRAIN,
         first_step_at=a.first_step_at, last_output_at=a.last_output_at, checkpoint_at=checkpoint_at, hung=hung,
     )
 
 
 def pending_reason(attempt: AttemptRow | None) -> str | None:
     """Why the cluster has not started the job yet (Slurm's reason, e.g. "Priority"); None once it started."""
-    if attempt is None or attempt.state != AttemptState.QUEUED.value:
+    if attempt is None or attempt.state != _QUEUED:
         return None
     return attempt.reason
 
 
 def queued_for_s(attempt: AttemptRow | None, now: datetime) -> int | None:
     """Seconds the job waited in the queue: so far while queued, until it started (or ended unstarted) after."""
-    if attempt is None or attempt.submitted_at is None or attempt.state == AttemptState.SUBMITTING.value:
+    if attempt is None or attempt.submitted_at is None or attempt.state == _SUBMITTING:
         return None
-    queued = attempt.state == AttemptState.QUEUED.value
+    queued = attempt.state == _QUEUED
     until = now if queued else attempt.started_at or attempt.ended_at or now
     return max(0, round((until - attempt.submitted_at).total_seconds()))
 
