@@ -177,6 +177,7 @@ def breakdown(big: Path, runs: int) -> list[tuple[str, float]]:
     import sqlite3
 
     from supervisor.app import render
+    from supervisor.domain import accounting
     from supervisor.store.readmodels import rows, views
     from supervisor.store.readmodels.filereader import FileReader
 
@@ -194,6 +195,8 @@ def breakdown(big: Path, runs: int) -> list[tuple[str, float]]:
         sys.exit(f"{big}: the plain queries cannot read this database")
     status = reader.status()
     now = datetime.now(UTC)
+    attempts = [(kind, rows.cost_row(columns)) for _, _, kind, *columns in conn.execute(rows.ALL_ATTEMPTS_SQL)]
+    facts = [rows.accounting_facts(a, kind, hung=False) for kind, a in attempts]
     return [
         ("start: python -c 'import supervisor.app.cli' (CPU)", import_cpu("import supervisor.app.cli", runs)),
         ("status: STATUS_SQL, fetched", timed(lambda: conn.execute(rows.STATUS_SQL, ("succeeded",)).fetchall())),
@@ -201,6 +204,11 @@ def breakdown(big: Path, runs: int) -> list[tuple[str, float]]:
         ("status: STALLED_SQL, fetched", timed(lambda: conn.execute(rows.STALLED_SQL, ("stalled",)).fetchall())),
         ("status: node_hours_by_run (its SQL and the accounting)",
          timed(lambda: views.node_hours_by_run(conn.execute, now))),
+        (f"status: of which ALL_ATTEMPTS_SQL read into {len(attempts)} CostRows",
+         timed(lambda: [rows.cost_row(columns) for _, _, _, *columns in conn.execute(rows.ALL_ATTEMPTS_SQL)])),
+        ("status: of which accounting_facts (domain AttemptFacts)",
+         timed(lambda: [rows.accounting_facts(a, kind, hung=False) for kind, a in attempts])),
+        ("status: of which accounting.cost", timed(lambda: [accounting.cost(f, now) for f in facts])),
         ("status: FileReader.status, all of it", timed(reader.status)),
         ("status --json: json.dumps(indent=2)", timed(lambda: json.dumps(status, indent=2, default=str))),
         ("status: render.status_lines(width=80)", timed(lambda: render.status_lines(status, 80))),
