@@ -39,7 +39,7 @@ class AttemptRow(NamedTuple):
     """The columns of an attempt that `status` and `show` report, read with plain SQL.
 
     A NamedTuple, not a frozen dataclass: `status` makes one per run, and a frozen dataclass of 24 fields
-    takes ten times as long to build (24 ``object.__setattr__`` calls)."""
+    takes 14 times as long to build (24 ``object.__setattr__`` calls)."""
 
     number: int
     job_id: str | None
