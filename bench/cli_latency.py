@@ -145,11 +145,17 @@ def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path) -> Non
                     "reason": "Priority" if state == "queued" else None,
                     "progress_step": 400 * number if name == "train" else None,
                     "progress_total": 1000 if name == "train" else None,
+                    # What the progress columns (ETA from the attempt's own rate, last loss) are computed from.
+                    **({"first_step": 400 * (number - 1), "first_step_at": started + timedelta(minutes=2),
+                        "progress_at": started + timedelta(minutes=20), "last_output_at": started
+                        + timedelta(minutes=20), "loss": 1.25 + number} if name == "train" and started else {}),
                 })
         for e in range(events_per_run):
-            event_rows.append({"run_id": r, "at": at + timedelta(seconds=e), "kind": "submitted",
-                               "stage": STAGES[e % 3], "attempt": 1, "message": f"event {e} of run-{r:05d}",
-                               "data": {}})
+            # A failed run's training was ended by a hang: the node-hours count its time hung.
+            stalled = kind == 4 and e == 0
+            event_rows.append({"run_id": r, "at": at + timedelta(seconds=e), "kind": "stalled" if stalled else
+                               "submitted", "stage": "train" if stalled else STAGES[e % 3], "attempt": 1,
+                               "message": f"event {e} of run-{r:05d}", "data": {}})
     with sessions.begin() as session:
         for table, rows in ((Run, run_rows), (Stage, stage_rows), (Attempt, attempt_rows), (Event, event_rows)):
             for start in range(0, len(rows), 20_000):
