@@ -1,6 +1,6 @@
 """Latency of the `supervisor` command as a user types it: whole process, warm cache, against `squeue`.
 
-    .venv/bin/python bench/cli_latency.py [--runs 7] [--big-runs 10000] [--events-per-run 20] [--json OUT]
+    .venv/bin/python bench/cli_latency.py [--runs 7] [--big-runs 10000] [--events-per-run 20] [--json OUT] [--breakdown]
 
 Each command is started as its own process (the venv's ``supervisor`` console script, as a user runs it)
 ``--runs`` times after one warm-up; wall time is the parent's clock from spawn to reap, CPU time is the
@@ -11,6 +11,8 @@ machine's speed drifts; the load average is printed before and after.
 Homes: an empty state directory (no database), one with 100 runs, one with ``--big-runs`` runs and
 ``--big-runs * --events-per-run`` events. The databases are created by the project's migrations and
 filled with plain SQL inserts of the model tables (seconds, where as many `submit`s would take hours).
+``--breakdown`` also times, in this process, the parts of `status` on the large home (each query, the
+node-hours accounting, the JSON, the plain table) and, in fresh interpreters, the imports `submit` pays for.
 """
 
 from __future__ import annotations
@@ -143,11 +145,17 @@ def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path) -> Non
                     "reason": "Priority" if state == "queued" else None,
                     "progress_step": 400 * number if name == "train" else None,
                     "progress_total": 1000 if name == "train" else None,
+                    # What the progress columns (ETA from the attempt's own rate, last loss) are computed from.
+                    **({"first_step": 400 * (number - 1), "first_step_at": started + timedelta(minutes=2),
+                        "progress_at": started + timedelta(minutes=20), "last_output_at": started
+                        + timedelta(minutes=20), "loss": 1.25 + number} if name == "train" and started else {}),
                 })
         for e in range(events_per_run):
-            event_rows.append({"run_id": r, "at": at + timedelta(seconds=e), "kind": "submitted",
-                               "stage": STAGES[e % 3], "attempt": 1, "message": f"event {e} of run-{r:05d}",
-                               "data": {}})
+            # A failed run's training was ended by a hang: the node-hours count its time hung.
+            stalled = kind == 4 and e == 0
+            event_rows.append({"run_id": r, "at": at + timedelta(seconds=e), "kind": "stalled" if stalled else
+                               "submitted", "stage": "train" if stalled else STAGES[e % 3], "attempt": 1,
+                               "message": f"event {e} of run-{r:05d}", "data": {}})
     with sessions.begin() as session:
         for table, rows in ((Run, run_rows), (Stage, stage_rows), (Attempt, attempt_rows), (Event, event_rows)):
             for start in range(0, len(rows), 20_000):
@@ -163,6 +171,58 @@ def measure(result: Result, cwd: Path, runs: int, baseline: list[str], argv_for:
             result.samples.append(a)
             result.baseline.append(b)
     return result
+
+
+def import_cpu(code: str, runs: int) -> float:
+    """Median CPU seconds of a fresh interpreter running ``code`` (what importing it costs a command)."""
+    return statistics.median(run_once([sys.executable, "-c", code], Path.cwd()).cpu for _ in range(runs))
+
+
+def breakdown(big: Path, runs: int) -> list[tuple[str, float]]:
+    """Where `status` on the large home and `submit` spend their time: the parts, each timed on its own."""
+    import sqlite3
+
+    from supervisor.app import render
+    from supervisor.domain import accounting
+    from supervisor.store.readmodels import rows, views
+    from supervisor.store.readmodels.filereader import FileReader
+
+    def timed(work: Any) -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    conn = sqlite3.connect(f"file:{big / rows.DB_FILE}?mode=ro", uri=True)
+    reader = FileReader.open(big)
+    if reader is None:
+        sys.exit(f"{big}: the plain queries cannot read this database")
+    status = reader.status()
+    now = datetime.now(UTC)
+    attempts = [(kind, rows.cost_row(columns)) for _, _, kind, *columns in conn.execute(rows.ALL_ATTEMPTS_SQL)]
+    facts = [rows.accounting_facts(a, kind, hung=False) for kind, a in attempts]
+    return [
+        ("start: python -c 'import supervisor.app.cli' (CPU)", import_cpu("import supervisor.app.cli", runs)),
+        ("status: STATUS_SQL, fetched", timed(lambda: conn.execute(rows.STATUS_SQL, ("succeeded",)).fetchall())),
+        ("status: ALL_ATTEMPTS_SQL, fetched", timed(lambda: conn.execute(rows.ALL_ATTEMPTS_SQL).fetchall())),
+        ("status: STALLED_SQL, fetched", timed(lambda: conn.execute(rows.STALLED_SQL, ("stalled",)).fetchall())),
+        ("status: node_hours_by_run (its SQL and the accounting)",
+         timed(lambda: views.node_hours_by_run(conn.execute, now))),
+        (f"status: of which ALL_ATTEMPTS_SQL read into {len(attempts)} CostRows",
+         timed(lambda: [rows.cost_row(columns) for _, _, _, *columns in conn.execute(rows.ALL_ATTEMPTS_SQL)])),
+        ("status: of which accounting_facts (domain AttemptFacts)",
+         timed(lambda: [rows.accounting_facts(a, kind, hung=False) for kind, a in attempts])),
+        ("status: of which accounting.cost", timed(lambda: [accounting.cost(f, now) for f in facts])),
+        ("status: FileReader.status, all of it", timed(reader.status)),
+        ("status --json: json.dumps(indent=2)", timed(lambda: json.dumps(status, indent=2, default=str))),
+        ("status: render.status_lines(width=80)", timed(lambda: render.status_lines(status, 80))),
+        ("submit: python -c 'import sqlalchemy.orm, supervisor.store.models' (CPU)",
+         import_cpu("import sqlalchemy.orm, supervisor.store.models", runs)),
+        ("submit: python -c 'import supervisor.domain.spec' (CPU)", import_cpu("import supervisor.domain.spec", runs)),
+        ("submit: python -c 'import supervisor.app.service' (CPU)", import_cpu("import supervisor.app.service", runs)),
+    ]
 
 
 def table(results: list[Result]) -> str:
@@ -185,6 +245,8 @@ def main() -> None:
     parser.add_argument("--big-runs", type=int, default=10_000, help="runs in the large home (0: skip it)")
     parser.add_argument("--events-per-run", type=int, default=20, help="events of each run in the large home")
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the parts of `status` on the large home, and what `submit` imports")
     args = parser.parse_args()
 
     exe = str(Path(sys.executable).with_name("supervisor"))
@@ -237,6 +299,10 @@ def main() -> None:
           f"large home filled in {filled_s:.1f} s")
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(table(results))
+    if args.breakdown and args.big_runs:
+        print(f"\n# the parts, each timed on its own ({args.runs} runs, median seconds)")
+        for label, seconds in breakdown(big, args.runs):
+            print(f"{label} | {seconds:.3f}")
     failed = [r.label for r in results if any(s.code != 0 for s in r.samples)]
     if failed:
         print(f"# non-zero exit: {', '.join(failed)}")

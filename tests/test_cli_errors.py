@@ -59,3 +59,9 @@ def test_home_under_proc_or_sys(harness: Harness, home: str) -> None:
     assert result.code == 2
     line = one_line(result.err)
     assert line.startswith("error: --home /") and ("is under /proc" in line or "is under /sys" in line)
+
+
+def test_a_spec_with_an_error_writes_nothing(harness: Harness) -> None:
+    result = harness.cli("submit", str(harness.write_spec({"name": "r1", "stages": "none"})), check=False)
+    assert result.code == 2 and one_line(result.err).startswith("error: ")
+    assert not harness.home.exists()

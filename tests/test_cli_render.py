@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -145,3 +146,23 @@ def test_submit_prints_the_name_and_nothing_else(harness: Harness) -> None:
     assert result.out == "r1\n" and result.err == ""
     asked = harness.cli("--log-level", "info", "submit", str(harness.write_spec(run_spec("r2"), "r2.yaml")))
     assert asked.out == "r2\n" and "registered" in asked.err
+
+
+def test_status_of_many_runs_is_plain_columns_in_80_columns(harness: Harness) -> None:
+    from supervisor.app.render import PLAIN_ROWS, STATUS_HEADERS
+
+    harness.submit(run_spec("run-0000", "train"))
+    with sqlite3.connect(harness.home / "supervisor.db") as conn:  # the same run under other names
+        for i in range(1, PLAIN_ROWS + 1):
+            conn.execute("INSERT INTO runs (name, uid, state, backend, spec_path, spec, workdir, reason, created_at,"
+                         " updated_at) SELECT ?, uid, state, backend, spec_path, spec, workdir, reason, created_at,"
+                         " updated_at FROM runs WHERE id = 1", (f"run-{i:04d}",))
+            conn.execute("INSERT INTO stages (run_id, position, name, kind, state, budget_start, updated_at)"
+                         " SELECT last_insert_rowid(), position, name, kind, state, budget_start, updated_at"
+                         " FROM stages WHERE run_id = 1")
+    harness.env["COLUMNS"] = "80"
+    out = harness.cli("status").out
+    lines = out.splitlines()
+    assert not ANSI.search(out) and max(len(line) for line in lines) <= 80
+    assert lines[0].split() == list(STATUS_HEADERS) and set(lines[1]) == {"\u2500"}
+    assert [line.split()[:3] for line in lines[2:]] == [[r["name"], r["state"], r["stage"]] for r in harness.status()]

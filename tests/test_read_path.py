@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -10,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+
 from supervisor.app.service import Supervisor
 from supervisor.notify.queue import undelivered
 from supervisor.store import readmodels
-from supervisor.store.db import DB_NAME
-from supervisor.store.models import Attempt, ExcludedNode, OutboxEntry, Run, Stage
+from supervisor.store.db import DB_NAME, JOURNAL_ENV, _alembic_config, create_db_engine
+from supervisor.store.models import Attempt, Event, ExcludedNode, OutboxEntry, Run, Stage
 
 from fakes import ManualClock
 from readmodel_fixtures import attempt_row, two_stage_spec
@@ -80,13 +83,50 @@ def test_the_file_reader_gives_what_the_service_gives(tmp_path: Path) -> None:
     assert reader.show("c")["stages"][0]["attempts"] == []
 
 
-def test_the_cli_answers_status_and_show_without_importing_sqlalchemy(tmp_path: Path) -> None:
+def test_status_node_hours_of_each_run_are_the_reports(tmp_path: Path) -> None:
+    """`status` reads a third of an attempt's columns for its node-hours; the report reads them all."""
+    home, sv = _home(tmp_path)
+    with sv.sessions.begin() as session:
+        b = session.query(Run).filter_by(name="b").one()
+        b.stages[0].attempts[0].started_at = T0
+        b.stages[0].attempts[0].nodes = "n[1-4]"
+        b.stages[0].attempts[0].last_output_at = T0 + timedelta(seconds=15)  # hung from there: wasted
+        b.stages[1].attempts[0].started_at = T0
+        b.stages[1].attempts[0].first_step_at = T0 + timedelta(seconds=20)
+        b.stages[1].attempts[0].state = "failed"
+        session.add(Event(run_id=b.id, at=T0, kind="stalled", stage="prep", attempt=1, message="", data={}))
+    reader = readmodels.FileReader.open(home)
+    assert reader is not None
+    now = T0 + timedelta(hours=3)
+    report = {r["name"]: (r["used_node_hours"], r["wasted_node_hours"]) for r in reader.report(now=now)["runs"]}
+    status = {r["name"]: (r["node_hours"]["used"], r["node_hours"]["wasted"]) for r in reader.status(now)}
+    assert status == report
+    assert status["b"][0] > 0 and status["b"][1] > 0 and status["a"][1] > 0
+
+
+def test_the_cli_answers_status_and_show_without_importing_sqlalchemy_pydantic_or_structlog(tmp_path: Path) -> None:
     home, sv = _home(tmp_path)
     for args, expected in ((["status", "--json"], sv.status()), (["show", "a", "--json"], sv.show("a"))):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "supervisor", "--home", str(home), *args],
                               capture_output=True, text=True, check=True)
         assert _timeless(json.loads(proc.stdout)) == _timeless(expected)
-        assert [line for line in proc.stderr.splitlines() if "sqlalchemy" in line] == []
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()}
+        assert imported & {"sqlalchemy", "pydantic", "structlog"} == set(), args
+
+
+def test_status_read_the_full_way_logs_as_every_command_does(tmp_path: Path) -> None:
+    """A database older than the plain queries is migrated through the service, which logs: to stderr, as the
+    JSON lines of a command not on a TTY, never into the JSON `status` prints."""
+    engine = create_db_engine(tmp_path / DB_NAME)
+    command.upgrade(_alembic_config(engine), "0001")
+    engine.dispose()
+    assert readmodels.FileReader.open(tmp_path) is None
+    env = {**os.environ, JOURNAL_ENV: "bogus"}  # makes opening the database log a warning
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "--home", str(tmp_path), "status", "--json"],
+                          capture_output=True, text=True, check=True, env=env)
+    assert json.loads(proc.stdout) == []
+    [line] = proc.stderr.splitlines()
+    assert json.loads(line)["event"] == "journal_mode_ignored"
 
 
 def test_an_unknown_run_is_one_line_and_exit_2(tmp_path: Path) -> None:

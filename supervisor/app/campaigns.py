@@ -6,9 +6,10 @@ axolotl config as it is then (stages/datasets.py ``share_key``): runs whose keys
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.domain.campaign import is_campaign, load_campaign
+from supervisor.domain.campaign import CampaignSpec, is_campaign, load_campaign
 from supervisor.domain.spec import RunSpec, read_mapping, run_spec
 from supervisor.domain.types import StageKind
 from supervisor.stages import axolotl, datasets
@@ -26,17 +27,40 @@ def shares_of(spec: RunSpec, spec_path: Path) -> dict[str, tuple[str, str]]:
     return {name: (key, str(config.dataset_prepared_path)) for name in prepares}
 
 
-def register(repo: Repository, spec_path: Path, backend_default: str) -> list[str]:
-    """Register the run, or every run of the campaign, in ``spec_path``; the names registered, in order."""
+@dataclass(frozen=True)
+class Submitted:
+    """A validated spec file: its run, or its campaign's runs, with their backends and shared prepares."""
+
+    path: Path
+    specs: list[RunSpec]
+    backends: dict[str, str]
+    shares: dict[str, dict[str, tuple[str, str]]]
+    campaign: CampaignSpec | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+
+def read(spec_path: Path, backend_default: str) -> Submitted:
+    """Validate a run spec or a campaign spec (SpecError names the file and the field); writes nothing."""
+    spec_path = Path(spec_path)
     data = read_mapping(spec_path, "a YAML mapping: a run (`name`, `stages`) or a campaign (`campaign`, `runs`)")
-    if not is_campaign(data):
-        spec = run_spec(Path(spec_path), data)
-        repo.register(spec, spec_path, spec.backend or backend_default, shares_of(spec, spec_path))
-        return [spec.name]
-    campaign, specs = load_campaign(spec_path, data)
-    repo.register_campaign(
-        campaign.campaign, campaign.settings(), specs, spec_path,
-        backend_of={s.name: s.backend or backend_default for s in specs},
-        shares={s.name: shares_of(s, spec_path) for s in specs},
-    )
-    return [s.name for s in specs]
+    campaign = None
+    if is_campaign(data):
+        campaign, specs = load_campaign(spec_path, data)
+    else:
+        specs = [run_spec(spec_path, data)]
+    return Submitted(spec_path, specs, {s.name: s.backend or backend_default for s in specs},
+                     {s.name: shares_of(s, spec_path) for s in specs}, campaign)
+
+
+def register(repo: Repository, submitted: Submitted) -> list[str]:
+    """Register the run, or every run of the campaign (all or none); the names registered, in order."""
+    if submitted.campaign is None:
+        (spec,) = submitted.specs
+        repo.register(spec, submitted.path, submitted.backends[spec.name], submitted.shares[spec.name])
+    else:
+        repo.register_campaign(submitted.campaign.campaign, submitted.campaign.settings(), submitted.specs,
+                               submitted.path, backend_of=submitted.backends, shares=submitted.shares)
+    return submitted.names

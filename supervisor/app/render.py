@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich import box
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.table import Column, Table
 from rich.text import Text
@@ -93,19 +94,114 @@ def _waiting(row: Mapping[str, Any]) -> str:
     return f"waiting: {reason}" + (f" {format_duration(queued)}" if queued is not None else "")
 
 
+STATUS_HEADERS = ("run", "state", "stage", "attempt", "job", "progress", "updated")
+# Which of them fold when the table is wider than the terminal: not the names, nor the time.
+STATUS_FOLDS = (False, True, False, True, True, True, False)
+# Above this many runs `status` prints plain columns (status_lines): Rich lays a table out at about half a
+# millisecond a row, 5 s for 10,000 runs.
+PLAIN_ROWS = 200
+
+
 def status_table(rows: Sequence[Mapping[str, Any]]) -> Group:
     """One row per run; a run that needs attention gets a line saying why under the table."""
-    updated = [local_time(r["updated_at"]) for r in rows]
-    columns = [_name("run", (r["name"] for r in rows)), _fold("state"), _name("stage", (r["stage"] for r in rows)),
-               _fold("attempt"), _fold("job"), _fold("progress"), _fixed("updated", updated)]
-    table = _table(columns, (
-        (r["name"], r["state"], r["stage"] or "", r["attempt"] or "", r["job_id"] or "",
-         _progress(r["progress"], r.get("eta")) or _waiting(r), when)
-        for r, when in zip(rows, updated, strict=True)
-    ))
-    notes = [Text(f"{r['name']} needs attention: {r['reason']}") for r in rows
-             if r["state"] == "needs_attention" and r.get("reason")]
-    return Group(table, *notes)
+    cells = _status_cells(rows)
+    columns = [_fold(header) if folds else _fixed(header, (c[i] for c in cells))
+               for i, (header, folds) in enumerate(zip(STATUS_HEADERS, STATUS_FOLDS, strict=True))]
+    return Group(_table(columns, cells), *(Text(note) for note in _attention(rows)))
+
+
+def status_lines(rows: Sequence[Mapping[str, Any]], width: int, rule: str = "\u2500") -> list[str]:
+    """:func:`status_table` as plain lines, laid out the way Rich lays it out: the same columns and rows, two
+    spaces between columns, a rule under the header, the notes under the table. Where the table is wider than
+    ``width``, the widest folding column gives a character at a time down to its header's width, and a cell
+    wider than its column continues on the next lines. No colour, no markup: the text is printed as it is."""
+    cells = _status_cells(rows)
+    widths = [max([_cells(header), *(_cells(c[i]) for c in cells)]) for i, header in enumerate(STATUS_HEADERS)]
+    _fit(widths, width, [_cells(header) for header in STATUS_HEADERS])
+    _fit(widths, width, [1] * len(widths))  # names too long for that: the headers fold as well
+    header = [_fold_text(h, w) for h, w in zip(STATUS_HEADERS, widths, strict=True)]
+    height = max(len(parts) for parts in header)
+    lines = _plain_lines([[""] * (height - len(parts)) + parts for parts in header], widths)  # at the bottom
+    lines.append(rule * (sum(widths) + 2 * (len(widths) - 1)))
+    for row in cells:
+        if all(_cells(cell) <= w for cell, w in zip(row, widths, strict=True)):
+            lines.append(_plain_line(row, widths))
+        else:
+            lines += _plain_lines([_fold_text(cell, w) for cell, w in zip(row, widths, strict=True)], widths)
+    return lines + _attention(rows)
+
+
+def _status_cells(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    return [
+        (r["name"], r["state"], r["stage"] or "", str(r["attempt"] or ""), r["job_id"] or "",
+         _progress(r["progress"], r.get("eta")) or _waiting(r), local_time(r["updated_at"]))
+        for r in rows
+    ]
+
+
+def _attention(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [f"{r['name']} needs attention: {r['reason']}" for r in rows
+            if r["state"] == "needs_attention" and r.get("reason")]
+
+
+def _cells(text: str) -> int:
+    """Terminal cells ``text`` takes (a wide character takes two)."""
+    return len(text) if text.isascii() else cell_len(text)
+
+
+def _fit(widths: list[int], width: int, least: Sequence[int]) -> None:
+    """Narrow the folding columns, the widest first, until the table fits in ``width`` or none is wider than
+    its ``least``."""
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        giving = [i for i, folds in enumerate(STATUS_FOLDS) if folds and widths[i] > least[i]]
+        if not giving:
+            return
+        widest = max(reversed(giving), key=lambda i: widths[i])  # of equals, the rightmost: as Rich does
+        widths[widest] -= 1
+        excess -= 1
+
+
+def _fold_text(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` cells: broken at spaces, a longer word broken where it must be."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        while _cells(word) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            cut = _cut(word, width)
+            lines.append(word[:cut])
+            word = word[cut:]
+        if not line:
+            line = word
+        elif _cells(line) + 1 + _cells(word) <= width:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = word
+    return [*lines, line]
+
+
+def _cut(word: str, width: int) -> int:
+    """How many characters of ``word`` fit in ``width`` cells (at least one)."""
+    taken = 0
+    for i, char in enumerate(word):
+        taken += _cells(char)
+        if taken > width:
+            return max(1, i)
+    return len(word)
+
+
+def _plain_lines(folded: Sequence[Sequence[str]], widths: Sequence[int]) -> list[str]:
+    """One row whose cells take several lines each (``folded``), line by line."""
+    return [_plain_line([parts[i] if i < len(parts) else "" for parts in folded], widths)
+            for i in range(max(len(parts) for parts in folded))]
+
+
+def _plain_line(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "  ".join(cell + " " * (w - _cells(cell)) for cell, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def show_renderables(data: Mapping[str, Any], *, all_events: bool = False) -> list[RenderableType]:

@@ -222,7 +222,7 @@ class Supervisor:
 
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:
         """Register a run spec's run or a campaign spec's runs (all or none); their names."""
-        return campaigns.register(self.repo, spec_path, backend_default)
+        return campaigns.register(self.repo, campaigns.read(spec_path, backend_default))
 
     def runs_of(self, name: str) -> tuple[str | None, list[str]]:
         """``(None, [name])`` for a run; ``(name, its runs still active)`` for a campaign of that name (a run's

@@ -18,20 +18,29 @@ from rich.console import Console, RenderableType
 from supervisor import __version__
 from supervisor.domain.errors import SpecError
 
+try:
+    # Plain strings, paths and numbers converted without importing pydantic (0.08 s): see coercion.py.
+    from supervisor.app.cli.coercion import PlainTyper as Typer
+except ImportError:  # a Typer without those internals: its own conversion
+    from typer import Typer  # type: ignore[assignment]  # the same constructor, without the plain conversion
+
 # rich_markup_mode=None: click's plain help. Typer's Rich help labels every flag `<bool>`, --help included.
-app = typer.Typer(
+app = Typer(
     help="Babysit LLM fine-tuning pipelines on SLURM: submit, watch, resubmit, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-notify_app = typer.Typer(help="Notification channels of a run.", no_args_is_help=True, rich_markup_mode=None)
+notify_app = Typer(help="Notification channels of a run.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(notify_app, name="notify")
 
 DEFAULT_HOME = Path("~/.local/state/supervisor")
 # Commands whose output *is* a log (tmux, scrontab): their info lines are shown unless --log-level says less.
 LOGGING_COMMANDS = {"daemon", "tick"}
+# Commands that read the database file with sqlite3 (store/readmodels) and log nothing: their logging is
+# configured only if they fall back to the service, which logs (structlog costs them 0.07 s to import).
+QUIET_COMMANDS = frozenset({"status", "show", "logs"})
 DISK_FULL_EXIT = 1
 # Rich leaves colour out when the stream is not a terminal (and honours NO_COLOR).
 out = Console(soft_wrap=True)
@@ -40,6 +49,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 class State:
     home: Path = DEFAULT_HOME.expanduser()
+    log_level: str = "warning"
+    logging_configured: bool = False
 
 
 state = State()
@@ -104,6 +115,7 @@ def reading() -> Any:
 def supervisor_obj() -> Any:
     from supervisor.app.service import Supervisor
 
+    logging_on()
     return Supervisor(state.home)
 
 
@@ -112,7 +124,17 @@ def reader_obj() -> Any:
     from supervisor.app.service import Supervisor
     from supervisor.store.db import open_database
 
+    logging_on()
     return Supervisor(state.home, sessions=open_database(state.home, create=False))
+
+
+def logging_on() -> None:
+    """structlog configured at the level the command line chose, once per command: before anything that logs."""
+    from supervisor.app.logsetup import configure_logging
+
+    if not state.logging_configured:
+        configure_logging(state.log_level)
+        state.logging_configured = True
 
 
 def daemon_elsewhere() -> str | None:
@@ -168,13 +190,16 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    from supervisor.app.logsetup import LEVELS, configure_logging
+    from supervisor.app.logsetup import LEVELS
 
     if log_level is not None and log_level.strip().lower() not in LEVELS:
         fail(f"--log-level {log_level!r}: expected one of {', '.join(LEVELS)}")
     state.home = _home(home)
     # A command's own log lines (e.g. `registered`) belong in the daemon's log, not next to `submit`'s answer.
     default = "info" if ctx.invoked_subcommand in LOGGING_COMMANDS else "warning"
-    configure_logging((log_level or default).strip().lower())
+    state.log_level = (log_level or default).strip().lower()
+    state.logging_configured = False
+    if ctx.invoked_subcommand not in QUIET_COMMANDS:
+        logging_on()
 
 

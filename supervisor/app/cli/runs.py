@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from supervisor.app.cli.base import (
     daemon_elsewhere,
     err,
     fail,
+    logging_on,
     out,
     print_json,
     reader_obj,
@@ -33,10 +35,18 @@ def submit(spec: Annotated[Path, typer.Argument(
         help="Run spec or campaign spec (YAML).", metavar="SPEC")]) -> None:
     """Validate a run spec (or a campaign spec) and register the run (or all the campaign's runs, or none);
     prints each name registered, one per line. The daemon (or `tick`) starts them."""
+    # What Supervisor.submit does, without importing the service: the tick's modules it imports (log watcher,
+    # observer, poller, submitter) cost `submit` 0.13 s of CPU, and a registration uses none of them.
+    from supervisor.app import campaigns
     from supervisor.backends import default_backend
+    from supervisor.domain.ports import SystemClock
+    from supervisor.store.db import open_database
+    from supervisor.store.repository import Repository
 
+    logging_on()
     with user_errors():
-        names = supervisor_obj().submit(spec, default_backend())
+        submitted = campaigns.read(spec, default_backend())  # before the database: a bad spec writes nothing
+        names = campaigns.register(Repository(open_database(state.home), SystemClock()), submitted)
     for name in names:
         out.print(name, markup=False, highlight=False)
 
@@ -85,7 +95,11 @@ def status(
         return
     if campaign is not None:
         out.print(render.campaign_line(campaign, rows), markup=False, highlight=False)
-    out.print(render.status_table(rows))
+    if len(rows) <= render.PLAIN_ROWS:
+        out.print(render.status_table(rows))
+        return
+    rule = "\u2500" if out.encoding.lower().startswith("utf") else "-"  # as Rich draws it
+    sys.stdout.write("\n".join(render.status_lines(rows, out.width, rule)) + "\n")
 
 
 @app.command()

@@ -25,6 +25,7 @@ from supervisor.store.readmodels.rows import (
     attempt_json,
     attempt_row,
     budget_of,
+    cost_row,
     eta_of,
     iso,
     no_run,
@@ -128,9 +129,7 @@ def node_hours_by_run(query: Query, now: datetime) -> dict[int, dict[str, float]
     hung = {(run_id, stage, number) for run_id, stage, number in query(STALLED_SQL, (EventKind.STALLED.value,))}
     costs: dict[int, list[accounting.AttemptCost]] = {}
     for run_id, stage, kind, *columns in query(ALL_ATTEMPTS_SQL, ()):
-        attempt = attempt_row(columns)
-        if attempt is None:
-            continue
+        attempt = cost_row(columns)
         facts = accounting_facts(attempt, kind, hung=(run_id, stage, attempt.number) in hung)
         costs.setdefault(run_id, []).append(accounting.cost(facts, now))
     totals = {run_id: accounting.total(run_costs) for run_id, run_costs in costs.items()}
