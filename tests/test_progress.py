@@ -11,7 +11,7 @@ import pytest
 
 from supervisor.domain import core
 from supervisor.domain.core import AttemptView, Observation, RunView, StageView
-from supervisor.domain.eta import eta, step_rate
+from supervisor.domain.eta import eta, run_finish, step_rate, typical
 from supervisor.domain.types import AttemptState, JobInfo, JobPhase, Progress, RunState, StageState
 from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.logs.progress import MetricPoint, metric_series, thinned, training_loss
@@ -243,3 +243,62 @@ def test_plot_png_is_an_image_of_the_size_asked(home: Path, tmp_path: Path) -> N
 
     pixels = matplotlib.image.imread(str(png)).reshape(-1, 4)[::97]
     assert len({tuple(p) for p in pixels.round(2).tolist()}) > 5
+
+
+# ---- when the whole run is done: the current stage, then the stages to come as long as they took before ----
+
+
+def test_the_run_finishes_after_its_stage_eta_and_the_typical_length_of_the_stages_to_come() -> None:
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    expected = {"merge": typical([600, 1200, 900]), "transfer": typical([100, 300])}
+    assert expected == {"merge": 900, "transfer": 200}
+    stage_eta = now + timedelta(hours=2)
+    assert run_finish(now, stage_eta=stage_eta, running=("train", now - timedelta(hours=1)),
+                      to_come=["merge", "transfer"], expected=expected) == stage_eta + timedelta(seconds=1100)
+    # A merge running for 10 min without a bar: submitted plus its typical 15 min, then the transfer.
+    assert run_finish(now, stage_eta=None, running=("merge", now - timedelta(minutes=10)), to_come=["transfer"],
+                      expected=expected) == now + timedelta(minutes=5, seconds=200)
+    # Past its typical length: it ends no sooner than now.
+    assert run_finish(now, stage_eta=None, running=("merge", now - timedelta(hours=1)), to_come=[],
+                      expected=expected) == now
+    assert run_finish(now, stage_eta=None, running=None, to_come=["merge"], expected=expected) == \
+        now + timedelta(seconds=900)
+    # No figure for a stage still to come (no run got that far yet), or none for the current one: no ETA.
+    assert run_finish(now, stage_eta=stage_eta, running=("train", now), to_come=["merge", "rsync"],
+                      expected=expected) is None
+    assert run_finish(now, stage_eta=None, running=("train", now), to_come=[], expected=expected) is None
+    assert typical([]) is None
+
+
+def test_status_gives_the_run_eta_from_the_stages_that_succeeded_before(tmp_path: Path) -> None:
+    import yaml
+
+    from supervisor.app.service import Supervisor
+    from supervisor.store.models import Attempt, Run
+
+    stages = [{"name": "train", "command": ["true"]}, {"name": "after", "command": ["true"]}]
+    from fakes import ManualClock
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    sv = Supervisor(tmp_path / "home", clock=ManualClock(now))
+    for name in ("old", "new"):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"name": name, "backend": "local", "workdir": str(tmp_path / name),
+                                        "stages": stages}))
+        sv.register(spec, "local")
+    start = now - timedelta(hours=3)
+    with sv.sessions.begin() as session:
+        old = session.query(Run).filter_by(name="old").one()
+        old.state = "succeeded"
+        for stage, minutes in zip(old.stages, (60, 30), strict=True):
+            stage.state = "succeeded"
+            session.add(Attempt(stage_id=stage.id, number=1, tag=f"old-{stage.name}", backend="local",
+                                state="succeeded", submitted_at=start, ended_at=start + timedelta(minutes=minutes)))
+        new = session.query(Run).filter_by(name="new").one()
+        new.state, new.stages[0].state = "running", "running"
+        session.add(Attempt(stage_id=new.stages[0].id, number=1, tag="new-train", backend="local", state="running",
+                            submitted_at=now - timedelta(minutes=20)))
+    rows = {r["name"]: r for r in sv.status()}
+    # 60 min typical for its stage, 20 gone: 40 left, then 30 for the stage after.
+    assert datetime.fromisoformat(rows["new"]["run_eta"]) == now + timedelta(minutes=70)
+    assert rows["old"]["run_eta"] is None

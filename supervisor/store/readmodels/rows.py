@@ -109,6 +109,18 @@ ORDER BY r.id
 
 RUN_SQL = "SELECT id, name, state, reason, backend, workdir, created_at, updated_at FROM runs WHERE {} = ?"
 CAMPAIGNS_SQL = "SELECT name, spec FROM campaigns"
+# How long each kind of stage took when it succeeded (submission to end, the queue included), and the
+# stages of the runs still going: `status`'s `run_eta`.
+STAGE_DURATIONS_SQL = """
+SELECT s.kind, a.submitted_at, a.ended_at FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
+WHERE a.state = ? AND a.submitted_at IS NOT NULL AND a.ended_at IS NOT NULL
+"""
+ACTIVE_STAGES_SQL = """
+SELECT s.run_id, s.kind, s.state,
+       (SELECT submitted_at FROM attempts WHERE stage_id = s.id AND ended_at IS NULL ORDER BY number DESC LIMIT 1)
+FROM stages AS s JOIN runs AS r ON r.id = s.run_id
+WHERE r.state IN (?, ?, ?) ORDER BY s.run_id, s.position
+"""
 CAMPAIGN_OF_SQL = "SELECT campaign FROM runs WHERE id = ?"
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from supervisor.domain import accounting
-from supervisor.domain.types import EventKind, StageState
+from supervisor.domain import accounting, eta
+from supervisor.domain.types import AttemptState, EventKind, RunState, StageState
 from supervisor.store.readmodels.rows import (
+    ACTIVE_STAGES_SQL,
     ALL_ATTEMPTS_SQL,
     CAMPAIGN_OF_SQL,
     CAMPAIGNS_SQL,
     EVENTS_SQL,
     EXCLUDED_SQL,
     RUN_SQL,
+    STAGE_DURATIONS_SQL,
     STAGES_SQL,
     STALLED_SQL,
     STATUS_SQL,
@@ -55,6 +58,7 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
     now = now or datetime.now(UTC)
     rows = []
     spent = node_hours_by_run(query, now)
+    finish = run_finishes(query, now)
     budgets: dict[str, Any] = {}
     for run_id, name, state, updated_at, backend, reason, campaign, budget, stage, *columns in query(
             STATUS_SQL, (StageState.SUCCEEDED.value,)):
@@ -73,11 +77,38 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
             "pending_reason": pending_reason(attempt),
             "queued_for_s": queued_for_s(attempt, now),
             "eta": iso(eta_of(attempt)),
+            "run_eta": iso(finish(run_id, eta_of(attempt))),
             "loss": attempt.loss if attempt else None,
             "node_hours": spent.get(run_id, {"used": 0.0, "wasted": 0.0}),
             "campaign": campaign,
         })
     return with_budgets(rows, budgets, campaign_settings(query))
+
+
+def run_finishes(query: Query, now: datetime) -> Callable[[int, datetime | None], datetime | None]:
+    """For a run still going, when all of it will be done (supervisor.domain.eta.run_finish): the durations
+    are those of every stage of the same kind that succeeded before, in any run."""
+    durations: dict[str, list[float]] = {}
+    for kind, submitted_at, ended_at in query(STAGE_DURATIONS_SQL, (AttemptState.SUCCEEDED.value,)):
+        seconds = (as_time(ended_at) - as_time(submitted_at)).total_seconds()
+        durations.setdefault(kind, []).append(max(seconds, 0.0))
+    expected = {kind: t for kind, values in durations.items() if (t := eta.typical(values)) is not None}
+    stages: dict[int, list[tuple[str, str, Any]]] = {}
+    active = (RunState.PENDING.value, RunState.RUNNING.value, RunState.PAUSED.value)
+    for run_id, kind, state, live_since in query(ACTIVE_STAGES_SQL, active):
+        stages.setdefault(run_id, []).append((kind, state, live_since))
+
+    def finish(run_id: int, stage_eta: datetime | None) -> datetime | None:
+        left = [s for s in stages.get(run_id, ()) if s[1] != StageState.SUCCEEDED.value]
+        if not left:
+            return None
+        kind, state, live_since = left[0]
+        running = (kind, as_time(live_since)) if state == StageState.RUNNING.value and live_since else None
+        to_come = [k for k, _, _ in (left[1:] if running else left)]
+        return eta.run_finish(now, stage_eta=stage_eta if running else None, running=running, to_come=to_come,
+                              expected=expected)
+
+    return finish
 
 
 def _show_prepares(query: Query, run_id: int, campaign: str | None, stages: list[dict[str, Any]]) -> None:
