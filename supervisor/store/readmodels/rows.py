@@ -112,7 +112,8 @@ CAMPAIGNS_SQL = "SELECT name, spec FROM campaigns"
 # How long each kind of stage took when it succeeded (submission to end, the queue included), and the
 # stages of the runs still going: `status`'s `run_eta`.
 STAGE_DURATIONS_SQL = """
-SELECT s.kind, a.submitted_at, a.ended_at FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
+SELECT s.kind, (julianday(a.ended_at) - julianday(a.submitted_at)) * 86400.0
+FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
 WHERE a.state = ? AND a.submitted_at IS NOT NULL AND a.ended_at IS NOT NULL
 """
 ACTIVE_STAGES_SQL = """

@@ -88,15 +88,16 @@ def status_from(query: Query, now: datetime | None = None) -> list[dict[str, Any
 def run_finishes(query: Query, now: datetime) -> Callable[[int, datetime | None], datetime | None]:
     """For a run still going, when all of it will be done (supervisor.domain.eta.run_finish): the durations
     are those of every stage of the same kind that succeeded before, in any run."""
-    durations: dict[str, list[float]] = {}
-    for kind, submitted_at, ended_at in query(STAGE_DURATIONS_SQL, (AttemptState.SUCCEEDED.value,)):
-        seconds = (as_time(ended_at) - as_time(submitted_at)).total_seconds()
-        durations.setdefault(kind, []).append(max(seconds, 0.0))
-    expected = {kind: t for kind, values in durations.items() if (t := eta.typical(values)) is not None}
     stages: dict[int, list[tuple[str, str, Any]]] = {}
     active = (RunState.PENDING.value, RunState.RUNNING.value, RunState.PAUSED.value)
     for run_id, kind, state, live_since in query(ACTIVE_STAGES_SQL, active):
         stages.setdefault(run_id, []).append((kind, state, live_since))
+    durations: dict[str, list[float]] = {}
+    # Seconds computed by SQLite: parsing 2 x 26,000 times here cost `status` on a large home 0.1 s.
+    for kind, seconds in query(STAGE_DURATIONS_SQL, (AttemptState.SUCCEEDED.value,)) if stages else ():
+        if seconds is not None:
+            durations.setdefault(kind, []).append(max(float(seconds), 0.0))
+    expected = {kind: t for kind, values in durations.items() if (t := eta.typical(values)) is not None}
 
     def finish(run_id: int, stage_eta: datetime | None) -> datetime | None:
         left = [s for s in stages.get(run_id, ()) if s[1] != StageState.SUCCEEDED.value]
