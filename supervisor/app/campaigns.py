@@ -13,6 +13,7 @@ from supervisor.domain.campaign import CampaignSpec, is_campaign, load_campaign
 from supervisor.domain.spec import RunSpec, read_mapping, run_spec
 from supervisor.domain.types import StageKind
 from supervisor.stages import axolotl, datasets
+from supervisor.store import registration
 from supervisor.store.repository import Repository
 
 
@@ -59,8 +60,10 @@ def register(repo: Repository, submitted: Submitted) -> list[str]:
     """Register the run, or every run of the campaign (all or none); the names registered, in order."""
     if submitted.campaign is None:
         (spec,) = submitted.specs
-        repo.register(spec, submitted.path, submitted.backends[spec.name], submitted.shares[spec.name])
+        registration.register_run(repo, spec, submitted.path, submitted.backends[spec.name],
+                                  submitted.shares[spec.name])
     else:
-        repo.register_campaign(submitted.campaign.campaign, submitted.campaign.settings(), submitted.specs,
-                               submitted.path, backend_of=submitted.backends, shares=submitted.shares)
+        campaign = submitted.campaign
+        registration.register_campaign(repo, campaign.campaign, campaign.settings(), submitted.specs, submitted.path,
+                                       backend_of=submitted.backends, shares=submitted.shares)
     return submitted.names

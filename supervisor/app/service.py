@@ -36,7 +36,7 @@ from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.notify import RunChannels, deliver, send_test
 from supervisor.notify.queue import pending_count
 from supervisor.stages.datasets import prepared_dataset_present
-from supervisor.store import gates, readmodels
+from supervisor.store import gates, readmodels, registration
 from supervisor.store.db import open_database
 from supervisor.store.models import Attempt, Campaign, Run, Stage
 from supervisor.store.readmodels.rows import session_query
@@ -217,7 +217,8 @@ class Supervisor:
 
     def register(self, spec_path: Path, backend_default: str) -> str:
         spec = load_spec(spec_path)
-        self.repo.register(spec, spec_path, spec.backend or backend_default, campaigns.shares_of(spec, spec_path))
+        registration.register_run(self.repo, spec, spec_path, spec.backend or backend_default,
+                                  campaigns.shares_of(spec, spec_path))
         return spec.name
 
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:

@@ -23,6 +23,7 @@ from supervisor.domain.types import AttemptState, EventKind, SubmitRequest
 from supervisor.notify.config import secret_env_names
 from supervisor.stages import Submission
 from supervisor.stages.remedies import clear_extension_locks
+from supervisor.store import exclusions
 from supervisor.store.models import Attempt
 from supervisor.store.readmodels import attempts_of
 from supervisor.store.repository import LIVE, Repository
@@ -43,7 +44,7 @@ class Submitter:
             run, stage = attempt.stage.run, attempt.stage
             backend, number, log_pattern = attempt.backend, attempt.number, attempt.log_path or ""
             kind, ctx = context_for(run, stage.name, number)
-            excluded = self.repo.excluded_nodes(session, run.id) if backend != "local" else ()
+            excluded = exclusions.in_force(session, run.id, self.repo.clock.now()) if backend != "local" else ()
             earlier = [a for a in attempts_of(session, stage) if a.number < number]
             blocked_before = bool(earlier) and earlier[-1].cause == EXCLUSIONS_IN_THE_WAY
             run_id, stage_name = run.id, stage.name
@@ -54,7 +55,7 @@ class Submitter:
         bound = log.bind(run=ctx.run, stage=ctx.stage, attempt=number)
         if excluded and blocked_before:
             # The last attempt waited in the queue for nodes only our exclusions ruled out.
-            self.repo.lift_exclusions(run_id, excluded, f"attempt {number - 1} could not start with them",
+            exclusions.lift(self.repo, run_id, excluded, f"attempt {number - 1} could not start with them",
                                       stage_name, number)
             excluded = ()
         try:
@@ -99,7 +100,7 @@ class Submitter:
                 if request.exclude and refuses_node_selection(str(exc)):
                     # The supervisor's own --exclude list left no nodes to run on: not the run's fault. Lift it
                     # and submit once more without; a refusal then is the request's own, as it would be anyway.
-                    self.repo.lift_exclusions(run_id, request.exclude, f"sbatch refused the job with them ({exc})",
+                    exclusions.lift(self.repo, run_id, request.exclude, f"sbatch refused the job with them ({exc})",
                                               stage, number)
                     request = dataclasses.replace(request, exclude=())
                     continue

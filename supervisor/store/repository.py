@@ -7,18 +7,17 @@ before scancel. An event and its notifications are written in the transaction of
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from supervisor.domain import core, hostlist
+from supervisor.domain import core
 from supervisor.domain.core.observe import reason_code
 from supervisor.domain.core.views import MAX_EXCLUDED_NODES
 from supervisor.domain.errors import UserError
@@ -26,7 +25,8 @@ from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import AttemptState, EventKind, JobInfo, RunState, StageState
 from supervisor.notify import enqueue
-from supervisor.store.models import Attempt, Campaign, Event, ExcludedNode, Run, Stage
+from supervisor.store import exclusions
+from supervisor.store.models import Attempt, Event, Run, Stage
 from supervisor.store.readmodels import attempt_facts, attempts_of
 
 log = structlog.get_logger("supervisor")
@@ -34,7 +34,6 @@ log = structlog.get_logger("supervisor")
 LIVE = (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUNNING)
 POLLED = (AttemptState.QUEUED, AttemptState.RUNNING)
 ACTIVE = (RunState.PENDING, RunState.RUNNING, RunState.PAUSED)
-EXCLUDE_FOR = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -107,17 +106,10 @@ class Repository:
                 **s,
             ))
         cap = run.spec.get("max_excluded_nodes", RunSpec.model_fields["max_excluded_nodes"].default)
+        excluded = exclusions.in_force(session, run.id, self.clock.now())
         return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
-                            resubmit_limits=dict(limits or {}), excluded_nodes=self.excluded_nodes(session, run.id),
+                            resubmit_limits=dict(limits or {}), excluded_nodes=excluded,
                             max_excluded_nodes=cap if isinstance(cap, int) else MAX_EXCLUDED_NODES)
-
-    def excluded_nodes(self, session: Session, run_id: int) -> tuple[str, ...]:
-        """The run's exclusions in force, as plain node names (a row an older version wrote as a whole
-        allocation's host list, or a host no node is called, is never passed to sbatch)."""
-        now = self.clock.now()
-        return tuple(sorted(n for n in session.scalars(
-            select(ExcludedNode.node).where(ExcludedNode.run_id == run_id, ExcludedNode.until > now))
-            if hostlist.is_node_name(n)))
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -141,42 +133,6 @@ class Repository:
         enqueue(session, run, event, run.spec.get("notify") or [])
         log.info(kind.value, run=run.name, stage=stage, attempt=attempt, message=message)
         return event
-
-    def register(self, spec: RunSpec, spec_path: Path, backend: str,
-                 shares: Mapping[str, tuple[str, str]] | None = None) -> None:
-        """Register one run. ``shares``: prepare stage -> (share key, resolved dataset_prepared_path)."""
-        with self.sessions.begin() as session:
-            self._register(session, spec, spec_path, backend, shares or {}, None)
-
-    def register_campaign(self, name: str, settings: Mapping[str, Any], specs: Sequence[RunSpec], spec_path: Path,
-                          backend_of: Mapping[str, str], shares: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
-        """Register a campaign and all its runs in one transaction: all of them, or none."""
-        with self.sessions.begin() as session:
-            if session.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
-                raise UserError(f"{spec_path}: campaign: a campaign named {name!r} already exists")
-            session.add(Campaign(name=name, spec_path=str(Path(spec_path).resolve()), spec=dict(settings),
-                                 created_at=self.clock.now()))
-            for spec in specs:
-                self._register(session, spec, spec_path, backend_of[spec.name], shares.get(spec.name, {}), name)
-
-    def _register(self, session: Session, spec: RunSpec, spec_path: Path, backend: str,
-                  shares: Mapping[str, tuple[str, str]], campaign: str | None) -> None:
-        now = self.clock.now()
-        if session.scalar(select(Run.id).where(Run.name == spec.name)) is not None:
-            field = "name" if campaign is None else f"runs: {spec.name}"
-            raise UserError(f"{spec_path}: {field}: a run named {spec.name!r} already exists")
-        run = Run(name=spec.name, uid=secrets.token_hex(4), state=RunState.PENDING.value, backend=backend,
-                  spec_path=str(Path(spec_path).resolve()), spec=spec.model_dump(mode="json"),
-                  workdir=str(spec.workdir), campaign=campaign, created_at=now, updated_at=now)
-        for position, stage in enumerate(spec.stages):
-            key, prepared = shares.get(stage.name, (None, None))
-            run.stages.append(Stage(position=position, name=stage.name, kind=stage.kind.value,
-                                    state=StageState.PENDING.value, budget_start=1, updated_at=now,
-                                    share_key=key, prepared_path=prepared))
-        session.add(run)
-        session.flush()
-        where = f" (campaign {campaign})" if campaign else ""
-        self.event(session, run, EventKind.REGISTERED, f"run {spec.name} registered from {spec_path}{where}")
 
     def apply(
         self, run_id: int, decided_in: RunState, actions: Sequence[core.Action],
@@ -225,7 +181,7 @@ class Repository:
             case core.Emit(kind=kind, message=message, stage=stage, attempt=number, data=data):
                 self.event(session, run, kind, message, stage, number, data)
             case core.ExcludeNode():
-                self._exclude(session, run, action, now)
+                exclusions.record(self, session, run, action, now)
             case core.Cancel(stage=stage, number=number, outcome=outcome, cause=cause):
                 attempt = attempts[(stage, number)]
                 attempt.cancel_requested, attempt.outcome, attempt.cause = True, outcome.value, cause
@@ -234,37 +190,6 @@ class Repository:
                 attempt = self._new_attempt(session, run, stages[stage], number, backend_of.get(stage, run.backend))
                 return Effect("submit", attempt.id)
         return None
-
-    def _exclude(self, session: Session, run: Run, action: core.ExcludeNode, now: datetime) -> None:
-        until = now + EXCLUDE_FOR
-        row = session.scalar(select(ExcludedNode).where(ExcludedNode.run_id == run.id,
-                                                        ExcludedNode.node == action.node))
-        if row is None:
-            session.add(ExcludedNode(run_id=run.id, node=action.node, reason=action.reason, evidence=action.evidence,
-                                     line=action.line, until=until))
-        else:
-            row.until, row.reason, row.evidence, row.line = until, action.reason, action.evidence, action.line
-        self.event(session, run, EventKind.EXCLUDED_NODE,
-                   f"node {action.node} excluded until {until:%Y-%m-%d %H:%M}Z: {action.reason}",
-                   data={"node": action.node, "reason": action.reason, "evidence": action.evidence,
-                         "line": action.line, "until": until.isoformat()})
-
-    def lift_exclusions(
-        self, run_id: int, nodes: Sequence[str], why: str, stage: str | None = None, attempt: int | None = None,
-    ) -> list[str]:
-        """Forget the run's exclusions of ``nodes`` (they made its jobs impossible); returns those lifted."""
-        with self.sessions.begin() as session:
-            run = session.get(Run, run_id)
-            assert run is not None
-            lifted = sorted(session.scalars(select(ExcludedNode.node).where(
-                ExcludedNode.run_id == run_id, ExcludedNode.node.in_(list(nodes)))))
-            if not lifted:
-                return []
-            session.execute(delete(ExcludedNode).where(ExcludedNode.run_id == run_id,
-                                                       ExcludedNode.node.in_(lifted)))
-            self.event(session, run, EventKind.EXCLUDED_NODE, f"exclusion of {', '.join(lifted)} lifted: {why}",
-                       stage, attempt, {"lifted": lifted, "why": why})
-            return lifted
 
     def _new_attempt(self, session: Session, run: Run, stage: Stage, number: int, backend: str) -> Attempt:
         log_pattern = str(Path(run.workdir) / "logs" / f"{stage.name}-{number}-%j.log")
