@@ -7,7 +7,7 @@ from typing import Any
 
 from supervisor.domain import core
 from supervisor.domain.core import AttemptView, Observation, Outcome, RunView, StageView
-from supervisor.domain.core.observe import pending_since, reason_code
+from supervisor.domain.core.pending import pending_since, reason_code
 from supervisor.domain.core.views import CANNOT_START, EXCLUSIONS_IN_THE_WAY
 from supervisor.domain.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
 

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from supervisor.domain import core
-from supervisor.domain.core.observe import reason_code
+from supervisor.domain.core.pending import reason_code
 from supervisor.domain.core.views import MAX_EXCLUDED_NODES
 from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock
