@@ -93,8 +93,9 @@ def write_spec(folder: Path, name: str) -> Path:
     return path
 
 
-def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path) -> None:
-    """A state directory with ``runs`` runs in every state, made by the migrations and bulk inserts."""
+def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path, *, settle: bool = True) -> None:
+    """A state directory with ``runs`` runs in every state, made by the migrations and bulk inserts; with
+    ``settle``, the ended attempts' costs settled as the daemon settles them (store/settlement.py)."""
     from sqlalchemy import insert
 
     from supervisor.domain.spec import load_spec
@@ -160,6 +161,11 @@ def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path) -> Non
         for table, rows in ((Run, run_rows), (Stage, stage_rows), (Attempt, attempt_rows), (Event, event_rows)):
             for start in range(0, len(rows), 20_000):
                 session.execute(insert(table), rows[start:start + 20_000])
+    if settle:
+        from supervisor.domain.ports import SystemClock
+        from supervisor.store.repository import Repository
+
+        Repository(sessions, SystemClock()).settle_costs(limit=None)
 
 
 def measure(result: Result, cwd: Path, runs: int, baseline: list[str], argv_for: Any = None) -> Result:
@@ -245,6 +251,8 @@ def main() -> None:
     parser.add_argument("--big-runs", type=int, default=10_000, help="runs in the large home (0: skip it)")
     parser.add_argument("--events-per-run", type=int, default=20, help="events of each run in the large home")
     parser.add_argument("--json", type=Path, help="also write every sample here")
+    parser.add_argument("--unsettled", action="store_true",
+                        help="leave the large home's ended attempts unsettled (a home from before migration 0009)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of `status` on the large home, and what `submit` imports")
     args = parser.parse_args()
@@ -261,7 +269,7 @@ def main() -> None:
     fill_home(hundred, 100, 20, specs)
     started = time.perf_counter()
     if args.big_runs:
-        fill_home(big, args.big_runs, args.events_per_run, specs)
+        fill_home(big, args.big_runs, args.events_per_run, specs, settle=not args.unsettled)
     filled_s = time.perf_counter() - started
 
     def sv(home: Path, *rest: str) -> list[str]:

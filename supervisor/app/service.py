@@ -95,7 +95,17 @@ class Supervisor:
         count = 0
         for run_id in run_ids:
             count += self._guarded(run_id, polled)
+        if poll:
+            self.settle_costs()
         return TickReport(runs=len(run_ids), actions=count)
+
+    def settle_costs(self) -> None:
+        """Settle the cost of attempts that ended without it (a database from before settling): a few hundred
+        per pass, so `status` sums them in SQL (store/settlement.py). Never fails the tick."""
+        try:
+            self.repo.settle_costs()
+        except Exception:
+            log.exception("settle_costs_failed")
 
     def reconcile_submitting(self) -> None:
         """Attempts left in SUBMITTING by a crash: adopt the job if it exists, else submit it now."""

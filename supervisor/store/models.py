@@ -123,6 +123,10 @@ class Attempt(Base):
     first_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)  # the last finite training loss logged
+    # Once it ended: its node-seconds used and wasted as `status` counts them (recorded times, no scheduler
+    # figures), so `status` sums them in SQL. NULL until settled, and again whenever its row changes.
+    settled_used_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    settled_wasted_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Identifies the newest checkpoint seen (its save time); a different one later is a sign of life.
     saved_mark: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The newest checkpoint when the attempt was submitted: a time limit after a different one was progress.

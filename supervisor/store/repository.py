@@ -25,7 +25,7 @@ from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import AttemptState, EventKind, JobInfo, RunState, StageState
 from supervisor.notify import enqueue
-from supervisor.store import exclusions
+from supervisor.store import exclusions, settlement
 from supervisor.store.models import Attempt, Event, Run, Stage
 from supervisor.store.readmodels import attempt_facts, attempts_of
 
@@ -163,6 +163,10 @@ class Repository:
                 effect = self._record(session, run, stages, attempts, action, now, backend_of or {})
                 if effect is not None:
                     effects.append(effect)
+            for attempt in attempts.values():
+                if not settlement.settled(attempt):
+                    session.flush()  # the STALLED event of this same decision counts
+                    settlement.settle(session, attempt)
         return effects
 
     def _record(
@@ -256,7 +260,13 @@ class Repository:
     def cancelled(self, attempt_id: int) -> None:
         with self.sessions.begin() as session:
             session.execute(update(Attempt).where(Attempt.id == attempt_id, Attempt.state.in_(_values(LIVE)))
-                            .values(state=AttemptState.CANCELLED.value, ended_at=self.clock.now()))
+                            .values(state=AttemptState.CANCELLED.value, ended_at=self.clock.now(),
+                                    settled_used_s=None, settled_wasted_s=None))
+
+    def settle_costs(self, limit: int | None = 500) -> int:
+        """Settle the cost of attempts that ended without it (store/settlement.py); how many were."""
+        with self.sessions.begin() as session:
+            return settlement.settle_ended(session, limit)
 
     def needs_attention(self, run_id: int, reason: str) -> bool:
         """Take a run out of supervision until a person acts; False if it was no longer active."""
@@ -301,3 +311,5 @@ def _set_columns(attempt: Attempt, changes: core.AttemptChanges, now: datetime) 
         attempt.reason_since = now
     for column, value in values.items():
         setattr(attempt, column, value.value if isinstance(value, AttemptState | core.Outcome) else value)
+    if values:
+        settlement.unsettle(attempt)  # settled again at the end of the transaction, from the new values

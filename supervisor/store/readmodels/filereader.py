@@ -18,12 +18,18 @@ from supervisor.store.readmodels.reports import (
     report_from,
 )
 from supervisor.store.readmodels.rows import (
+    ACTIVE_STAGES_SQL,
+    ALL_ATTEMPTS_SQL,
     BUSY_TIMEOUT_S,
+    CAMPAIGN_OF_SQL,
+    CAMPAIGNS_SQL,
     DB_FILE,
     EVENTS_SQL,
     EXCLUDED_SQL,
     OUTBOX_SQL,
     RUN_SQL,
+    SETTLED_SQL,
+    STAGE_DURATIONS_SQL,
     STAGES_SQL,
     STATUS_SQL,
     no_run,
@@ -53,8 +59,9 @@ class FileReader:
             with reader._connect() as conn:
                 conn.execute(STATUS_SQL + " LIMIT 0", (StageState.SUCCEEDED.value,)).fetchall()
                 for sql in (RUN_SQL.format("id"), STAGES_SQL, EVENTS_SQL, EXCLUDED_SQL, OUTBOX_SQL,
-                            REPORT_RUNS_SQL, SPEC_SQL):
-                    conn.execute(f"SELECT * FROM ({sql}) LIMIT 0", (0,)).fetchall()
+                            REPORT_RUNS_SQL, SPEC_SQL, ALL_ATTEMPTS_SQL, SETTLED_SQL, CAMPAIGNS_SQL,
+                            CAMPAIGN_OF_SQL, STAGE_DURATIONS_SQL, ACTIVE_STAGES_SQL):
+                    conn.execute(f"SELECT * FROM ({sql}) LIMIT 0", (0,) * sql.count("?")).fetchall()
         except sqlite3.Error:
             return None
         return reader

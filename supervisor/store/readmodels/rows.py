@@ -128,10 +128,18 @@ CAMPAIGN_OF_SQL = "SELECT campaign FROM runs WHERE id = ?"
 # Every attempt that ran, of every run, for the node-hours column of `status`: one pass over the attempts,
 # each joined to its stage by primary key; and the attempts a hang ended (a pass over the events: no index
 # holds their kind, 10 ms for 200,000 events).
+# The attempts whose cost is computed here (live ones, and any not settled: store/settlement.py); the others'
+# settled node-seconds are summed by SQLite.
 ALL_ATTEMPTS_SQL = f"""
 SELECT s.run_id, s.name, s.kind, {", ".join(f"a.{c}" for c in CostRow._fields)}
 FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
-WHERE a.started_at IS NOT NULL
+WHERE a.started_at IS NOT NULL AND (a.settled_used_s IS NULL OR a.settled_wasted_s IS NULL)
+"""
+SETTLED_SQL = """
+SELECT s.run_id, SUM(a.settled_used_s), SUM(a.settled_wasted_s)
+FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id
+WHERE a.settled_used_s IS NOT NULL AND a.settled_wasted_s IS NOT NULL
+GROUP BY s.run_id
 """
 STALLED_SQL = "SELECT run_id, stage, attempt FROM events WHERE kind = ?"
 

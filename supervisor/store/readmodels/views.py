@@ -17,6 +17,7 @@ from supervisor.store.readmodels.rows import (
     EVENTS_SQL,
     EXCLUDED_SQL,
     RUN_SQL,
+    SETTLED_SQL,
     STAGE_DURATIONS_SQL,
     STAGES_SQL,
     STALLED_SQL,
@@ -157,16 +158,22 @@ def with_budgets(rows: list[dict[str, Any]], own: dict[str, Any],
 
 def node_hours_by_run(query: Query, now: datetime) -> dict[int, dict[str, float]]:
     """Per run, the node-hours its attempts used and wasted so far (supervisor.domain.accounting), from the
-    recorded times: `status` asks no scheduler."""
-    hung = {(run_id, stage, number) for run_id, stage, number in query(STALLED_SQL, (EventKind.STALLED.value,))}
-    costs: dict[int, list[accounting.AttemptCost]] = {}
-    for run_id, stage, kind, *columns in query(ALL_ATTEMPTS_SQL, ()):
-        attempt = cost_row(columns)
-        facts = accounting_facts(attempt, kind, hung=(run_id, stage, attempt.number) in hung)
-        costs.setdefault(run_id, []).append(accounting.cost(facts, now))
-    totals = {run_id: accounting.total(run_costs) for run_id, run_costs in costs.items()}
-    return {run_id: {"used": accounting.hours(t.used), "wasted": accounting.hours(t.wasted)}
-            for run_id, t in totals.items()}
+    recorded times: `status` asks no scheduler. Ended attempts' settled figures are summed by SQLite; the
+    accounting runs only for the others."""
+    seconds: dict[int, list[int]] = {run_id: [int(used), int(wasted)]
+                                     for run_id, used, wasted in query(SETTLED_SQL, ())}
+    open_rows = list(query(ALL_ATTEMPTS_SQL, ()))
+    if open_rows:
+        hung = {(run_id, stage, number)
+                for run_id, stage, number in query(STALLED_SQL, (EventKind.STALLED.value,))}
+        for run_id, stage, kind, *columns in open_rows:
+            attempt = cost_row(columns)
+            c = accounting.cost(accounting_facts(attempt, kind, hung=(run_id, stage, attempt.number) in hung), now)
+            total = seconds.setdefault(run_id, [0, 0])
+            total[0] += c.used
+            total[1] += c.wasted
+    return {run_id: {"used": accounting.hours(used), "wasted": accounting.hours(wasted)}
+            for run_id, (used, wasted) in seconds.items()}
 
 
 def show_from(query: Query, run: int | str, now: datetime | None = None) -> dict[str, Any]:
