@@ -60,7 +60,8 @@ echo m > "$ckpt/pytorch_model_fsdp_0/.metadata"
 echo '{{"global_step": {steps}, "max_steps": {steps}, "epoch": 1.0, "log_history": []}}' > "$ckpt/trainer_state.json"
 printf ' 100%%|##########| {steps}/{steps} [00:20<00:00,  1.00s/it]\\n'
 echo "{{'train_runtime': '20.1', 'train_loss': '1.25', 'epoch': '1.0'}}"
-echo "[2025-11-06 11:25:10,069] [INFO] [axolotl.train.save_trained_model:228] [PID:$$] [RANK:0] Training completed! Saving trained model to out."
+echo "[2025-11-06 11:25:10,069] [INFO] [axolotl.train.save_trained_model:228] [PID:$$] [RANK:0] \\
+Training completed! Saving trained model to out."
 t=$EPOCHREALTIME
 echo "$t" > {stamps}/$SLURM_JOB_ID.tmp && mv {stamps}/$SLURM_JOB_ID.tmp {stamps}/$SLURM_JOB_ID
 {watchdog}sleep 1800  # stuck in the final collective: no output until the watchdog would fire
@@ -214,8 +215,8 @@ def main() -> int:
     slurm = subprocess.run(["sinfo", "-V"], capture_output=True, text=True, check=False).stdout.strip()
     watched = "never" if args.watchdog_after is None else f"after {args.watchdog_after}"
     print(f"{len(total)} trials, train stall_timeout {args.stall_timeout}, watchdog line {watched}, "
-          f"daemon --poll {args.poll} --log-poll {args.log_poll}, concurrency {args.concurrency}, load average {load_before:.2f} -> "
-          f"{load_after:.2f}, backend slurm ({slurm})")
+          f"daemon --poll {args.poll} --log-poll {args.log_poll}, concurrency {args.concurrency}, "
+          f"load average {load_before:.2f} -> {load_after:.2f}, backend slurm ({slurm})")
     for label, values in (("hang began -> merge sbatch returned", total),
                           ("  hang began -> train scancel returned", detect),
                           ("  scancel returned -> merge sbatch returned", submit),
