@@ -54,6 +54,7 @@ MAX_STEPS = 20
 # The fake launcher: one node, so no rendezvous; the final checkpoint, the end-of-training lines, the hang.
 AXOLOTL = """#!/bin/bash
 set -euo pipefail
+sleep {delay}  # jobs start right after a daemon tick: without this every hang would begin in the same phase
 ckpt=out/checkpoint-{steps}
 mkdir -p "$ckpt/pytorch_model_fsdp_0"
 echo m > "$ckpt/pytorch_model_fsdp_0/.metadata"
@@ -95,7 +96,7 @@ def stamp(value: object) -> float:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
-def fake_training(root: Path, stamps: Path, watchdog_after: float | None) -> tuple[Path, Path]:
+def fake_training(root: Path, stamps: Path, watchdog_after: float | None, spread: float) -> tuple[Path, Path]:
     """(venv, axolotl config) of a training that ends in the end-of-training hang; with `watchdog_after`, the
     watchdog's line comes that many seconds into the hang (the real one: the collective timeout)."""
     venv = root / "venv"
@@ -103,7 +104,9 @@ def fake_training(root: Path, stamps: Path, watchdog_after: float | None) -> tup
     (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
     axolotl = venv / "bin" / "axolotl"
     watchdog = "" if watchdog_after is None else f"sleep {watchdog_after:g}\necho '{WATCHDOG}'\n"
-    axolotl.write_text(AXOLOTL.format(steps=MAX_STEPS, stamps=stamps, watchdog=watchdog))
+    # A uniform delay over `spread` seconds, drawn by each job.
+    delay = f'"$((RANDOM % {max(1, min(32767, round(spread * 100)))}))e-2"'
+    axolotl.write_text(AXOLOTL.format(steps=MAX_STEPS, stamps=stamps, watchdog=watchdog, delay=delay))
     axolotl.chmod(0o755)
     config = root / "axolotl.yaml"
     config.write_text(yaml.safe_dump({"base_model": "./tiny-llama", "output_dir": "out",
@@ -157,6 +160,8 @@ def main() -> int:
     parser.add_argument("--log-poll", default="2s", help="the daemon's --log-poll")
     parser.add_argument("--watchdog-after", help="the job prints the NCCL watchdog line this long into the hang "
                         "(default: never)")
+    parser.add_argument("--spread", help="each job waits a random time up to this long before it trains, so that "
+                        "hangs begin at any phase of the daemon's ticks (default: --poll)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
     if default_backend() != "slurm":
@@ -168,7 +173,8 @@ def main() -> int:
     home, stamps = root / "home", root / "stamps"
     stamps.mkdir()
     watchdog_s = None if args.watchdog_after is None else parse_duration(args.watchdog_after)
-    venv, config = fake_training(root, stamps, watchdog_s)
+    spread = parse_duration(args.poll) if args.spread is None else parse_duration(args.spread)
+    venv, config = fake_training(root, stamps, watchdog_s, spread)
     configure_logging("warning")
     sv = Supervisor(home)
 
@@ -191,7 +197,7 @@ def main() -> int:
         while "daemon_started" not in daemon_log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         done: dict[str, tuple[float, float, float]] = {}
-        per_trial = min(stall_s, watchdog_s or stall_s) + 2 * parse_duration(args.poll) + 60
+        per_trial = min(stall_s, watchdog_s or stall_s) + 2 * parse_duration(args.poll) + spread + 60
         deadline = time.monotonic() + 120 + per_trial * -(-args.trials // max(1, args.concurrency))
         while len(done) < args.trials:
             if time.monotonic() > deadline:
