@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from supervisor.domain.core.exclusion import node_name
 from supervisor.logs.scanner import Catalogue, ScanAccumulator, ScanResult
 from supervisor.logs.tailer import DEFAULT_MAX_BYTES, TailState, read_new
 
 
 def scan_file(path: Path, catalogue: Catalogue, chunk_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[ScanResult]:
     """Scan a whole file through the tailer, chunk by chunk, as the daemon does. A trailing line without
-    a break is scanned too: the file is taken as final.
-
-    The next chunk is read (and its lines counted) while this one is scanned: the read and the Hyperscan
-    scan both let go of the GIL, so with a second core free the two overlap."""
+    a break is scanned too: the file is taken as final."""
     state = TailState(path=path)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="diagnose-read") as reader:
-        ahead = reader.submit(read_new, state, chunk_bytes)
-        while True:
-            new_state, data = ahead.result()
-            if not data:
-                break
-            ahead = reader.submit(read_new, new_state, chunk_bytes)
-            yield catalogue.scan_chunk(data, state.next_line)
-            state = new_state
+    while True:
+        new_state, data = read_new(state, chunk_bytes)
+        if not data:
+            break
+        yield catalogue.scan_chunk(data, state.next_line)
+        state = new_state
     with open(path, "rb") as fh:
         fh.seek(state.offset)
         tail = fh.read(chunk_bytes)
@@ -49,8 +41,17 @@ def diagnose(path: Path, catalogue: Catalogue) -> dict[str, Any]:
     return {
         "matches": [
             {"signature": m.signature, "action": m.action.value, "line": m.line, "text": m.text,
-             "node": node_name(m.node)}
+             "node": _node_name(m.node)}
             for m in acc.matches
         ],
         "verdict": None if root is None else {"signature": root.signature, "action": root.action.value},
     }
+
+
+def _node_name(host: str | None) -> str | None:
+    if not host:
+        return None
+    # Imported only for a match that names a host: the domain core's package costs the command 0.02 s to import.
+    from supervisor.domain.core.exclusion import node_name
+
+    return node_name(host)

@@ -31,7 +31,6 @@ def diagnose(
     """Replay the failure-signature catalogue on a log: every match and the root cause (the verdict)."""
     from supervisor.logs.diagnose import diagnose as run_diagnose
     from supervisor.logs.scanner import Catalogue
-    from supervisor.logs.tailer import keep_chunk_memory
 
     entries = None
     if run is not None:
@@ -39,7 +38,6 @@ def diagnose(
             entries = reading().run_signatures(run)
     if not logfile.is_file():
         fail(f"{logfile}: file not found")
-    keep_chunk_memory()  # as the daemon does: a fresh MiB-sized chunk per read, reused instead of page-faulted
     try:
         result = run_diagnose(logfile, Catalogue.load(entries, source=f"run {run}"))
     except OSError as exc:
