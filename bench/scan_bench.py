@@ -1,6 +1,6 @@
 """Time the full-catalogue log scan against `grep -E -f` on a synthetic training log.
 
-    .venv/bin/python bench/scan_bench.py --size-mb 1024 [--path LOG] [--runs 5] [--fallback]
+    .venv/bin/python bench/scan_bench.py --size-mb 1024 [--path LOG] [--runs 5] [--fallback] [--diagnose]
 
 The log imitates an axolotl train log: tqdm bars redrawn with \\r, metric dicts, INFO/WARNING lines,
 with a few failure signatures spliced in (some glued to a tqdm fragment). The scanner reads it as the
@@ -13,11 +13,17 @@ Each run times grep and the scanner back to back (alternating which goes first);
 the median of each and the median of the per-run ratios (grep time / scanner time: >= 1 means the
 scanner is at least as fast as grep), and the load average, since the numbers are only comparable on
 an otherwise idle machine. An existing --path is reused (its size is what it is) unless --regenerate.
+
+``--diagnose`` also times ``supervisor diagnose LOG --json`` as a user runs it: the venv's console script as
+its own process (interpreter start, imports, catalogue compile, scan, output), against ``grep -E -f`` with the
+patterns of the signatures it reports (the catalogue's milestone patterns left out, so grep has less to
+match), each pair in the same run. The command's matches (distinct lines) must agree with that grep's count.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -179,6 +185,20 @@ def grep_count(path: Path, patfile: Path) -> Timing:
     return Timing(elapsed, cpu, int(proc.stdout.strip() or 0))
 
 
+def diagnose_command(path: Path) -> Timing:
+    """`supervisor diagnose PATH --json` as its own process, the venv's console script, as a user runs it."""
+    exe = str(Path(sys.executable).with_name("supervisor"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([exe, "diagnose", str(path), "--json"], capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"supervisor diagnose failed ({proc.returncode}): {proc.stderr.strip()}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Timing(elapsed, cpu, len({m["line"] for m in json.loads(proc.stdout)["matches"]}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024, help="size of a generated log (default 1024)")
@@ -192,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the allocator tuning the daemon does at start (tailer.keep_chunk_memory)",
     )
     parser.add_argument("--fallback", action="store_true", help="also time the pure-re engine")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also time the whole `supervisor diagnose` command against grep")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -209,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         catalogue = Catalogue.load()
         patfile = Path(tmp) / "patterns.ere"
         patfile.write_text("".join(ere(p, caseless) + "\n" for p, caseless in catalogue.patterns()))
+        sigfile = Path(tmp) / "signatures.ere"
+        sigfile.write_text("".join(ere(p, sig.spec.caseless) + "\n" for sig in catalogue.signatures
+                                   for p in sig.spec.patterns))
         chunk = int(args.chunk_mb * 2**20)
 
         subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
@@ -216,13 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         engines = {"scanner[" + catalogue.engine_name + "]": catalogue}
         if args.fallback:
             engines["scanner[regex]"] = Catalogue.load(engine="regex")
-        timings: dict[str, list[Timing]] = {name: [] for name in (grep, *engines)}
+        grep_sig, command = "grep -E -f (signatures)", "supervisor diagnose"
+        commands = (grep_sig, command) if args.diagnose else ()
+        timings: dict[str, list[Timing]] = {name: [] for name in (grep, *engines, *commands)}
+        measure = {grep: lambda: grep_count(path, patfile), grep_sig: lambda: grep_count(path, sigfile),
+                   command: lambda: diagnose_command(path)}
         load_before = os.getloadavg()[0]
         for run in range(args.runs):
             order = list(timings)
             for name in order if run % 2 == 0 else reversed(order):
                 timings[name].append(
-                    grep_count(path, patfile) if name == grep else scan_with_tailer(path, engines[name], chunk)
+                    measure[name]() if name in measure else scan_with_tailer(path, engines[name], chunk)
                 )
         load_after = os.getloadavg()[0]
 
@@ -235,24 +264,28 @@ def main(argv: list[str] | None = None) -> int:
         found = {name: {t.count for t in runs} for name, runs in timings.items()}
         ok = len(found[grep]) == 1 and (expected is None or found[grep] == {expected})
         for name, runs in timings.items():
+            # The command reports signature matches only: its reference is the grep of those patterns.
+            reference = grep_sig if name in commands else grep
             wall = statistics.median(t.wall for t in runs)
             cpu = statistics.median(t.cpu for t in runs)
             spread = f"{min(t.wall for t in runs):.3f}-{max(t.wall for t in runs):.3f}"
             counts = "/".join(str(c) for c in sorted(found[name]))
             print(
-                f"{name:20s} wall median {wall:6.3f} s ({spread})  cpu median {cpu:6.3f} s  "
+                f"{name:24s} wall median {wall:6.3f} s ({spread})  cpu median {cpu:6.3f} s  "
                 f"{size / wall / 1e9:5.2f} GB/s  matching lines {counts}"
             )
-            ok = ok and found[name] == found[grep]
+            ok = ok and found[name] == found[reference]
         print("counts agree" if ok else "COUNT MISMATCH")
-        for name in engines:
+        pairs = [(name, grep) for name in engines] + ([(command, grep_sig)] if args.diagnose else [])
+        for name, ref in pairs:
             # Per-run ratios, so a load spike during one run skews one ratio instead of both medians.
-            wall_ratio = statistics.median(g.wall / t.wall for g, t in zip(timings[grep], timings[name], strict=True))
-            cpu_ratio = statistics.median(g.cpu / t.cpu for g, t in zip(timings[grep], timings[name], strict=True))
+            wall_ratio = statistics.median(g.wall / t.wall for g, t in zip(timings[ref], timings[name], strict=True))
+            cpu_ratio = statistics.median(g.cpu / t.cpu for g, t in zip(timings[ref], timings[name], strict=True))
             verdict = "at least as fast as grep" if wall_ratio >= 1 else "slower than grep"
+            what = "command" if name == command else "scanner"
             print(
-                f"SUMMARY {name}: grep {statistics.median(t.wall for t in timings[grep]):.3f} s, "
-                f"scanner {statistics.median(t.wall for t in timings[name]):.3f} s, speed vs grep x{wall_ratio:.2f} "
+                f"SUMMARY {name}: {ref} {statistics.median(t.wall for t in timings[ref]):.3f} s, "
+                f"{what} {statistics.median(t.wall for t in timings[name]):.3f} s, speed vs grep x{wall_ratio:.2f} "
                 f"wall, x{cpu_ratio:.2f} cpu ({verdict}; median of {args.runs} runs on {size / 2**20:.0f} MiB; "
                 f"load average {load_before:.2f} -> {load_after:.2f})"
             )
