@@ -162,13 +162,14 @@ def children(pid: int) -> set[str]:
 
 
 def phase(programs: set[str], delivering: bool) -> str:
+    """Where a kill landed; the notifications are delivered by a thread of their own, so both can hold."""
     if "sbatch" in programs:
-        return "mid-submit"
-    if programs & {"squeue", "scontrol", "sacct", "scancel"}:
-        return "mid-query"
-    if delivering:
-        return "mid-delivery"
-    return "other"
+        cluster = "mid-submit"
+    elif programs & {"squeue", "scontrol", "sacct", "scancel"}:
+        cluster = "mid-query"
+    else:
+        cluster = ""
+    return "+".join(p for p in (cluster, "mid-delivery" if delivering else "") if p) or "between calls"
 
 
 def stage_script(h: Harness, name: str, kind: str) -> Path:
