@@ -22,9 +22,11 @@ Then it counts, and each must be 0 (exit 0 when all are, 1 otherwise):
   out of order (ids and times) or whose last event is not its single terminal one.
 - lost notifications: an event of a notifying kind that no document accepted by the receiver lists.
 - duplicated notifications: an event listed by two documents with different ``id``s, which a receiver
-  deduplicating on ``id`` / ``Idempotency-Key`` (docs/webhook-schema.md) would show twice. A document
-  accepted again with the same ``id`` (a daemon killed after the answer, before recording it) is what
-  the at-least-once contract allows; it is printed as ``redelivered (same id)``, not counted.
+  deduplicating on ``id`` / ``Idempotency-Key`` (docs/webhook-schema.md) would show twice; a document
+  received again with no kill between the two receipts; an ``Idempotency-Key`` that is not the ``id``.
+  A document received again across a kill (the daemon died after the receiver had it, before recording
+  the answer) is what the at-least-once contract allows: printed as a figure, not counted.
+- notifications out of order: a run's documents, in order of first arrival, going back in event ids.
 
 The seed is printed; ``--seed`` replays the kill schedule and the run kinds (the cluster's timing varies).
 """
@@ -103,6 +105,7 @@ class Receiver:
                     body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                     doc = json.loads(body)
                     doc["_idempotency_key"] = self.headers.get("Idempotency-Key")
+                    doc["_received_at"] = time.monotonic()
                     with receiver._lock:
                         receiver.received.append(doc)
                     time.sleep(receiver.delay_s)
@@ -227,12 +230,20 @@ class Findings:
         self.problems[kind].append(what)
 
 
-def check_documents(found: Findings, docs: list[dict[str, Any]]) -> dict[int, set[str]]:
-    """Returns event id -> the ids of the documents listing it."""
+def check_documents(found: Findings, docs: list[dict[str, Any]], kills: list[float]) -> dict[int, set[str]]:
+    """Returns event id -> the ids of the documents listing it.
+
+    A document received again is a duplicate unless a kill came between the two receipts: only a
+    daemon that died before recording the answer may send it again."""
     listed: dict[int, set[str]] = {}
     first: dict[str, dict[str, Any]] = {}
+    last_at: dict[str, float] = {}
     for doc in docs:
         first.setdefault(doc["id"], doc)
+        at = doc["_received_at"]
+        if doc["id"] in last_at and not any(last_at[doc["id"]] <= k <= at for k in kills):
+            found.add("duplicated notifications", f"{doc['id']}: received again with no kill in between")
+        last_at[doc["id"]] = at
         for e in doc["events"]:
             listed.setdefault(int(e["id"]), set()).add(doc["id"])
         if doc["_idempotency_key"] != doc["id"]:
@@ -299,9 +310,10 @@ def check_attempts(found: Findings, run: Run, kind: str, stages: list[Stage], ev
     return tags
 
 
-def check(home: Path, kinds: dict[str, str], jobs: dict[str, set[str]], docs: list[dict[str, Any]]) -> Findings:
+def check(home: Path, kinds: dict[str, str], jobs: dict[str, set[str]], docs: list[dict[str, Any]],
+          kills: list[float]) -> Findings:
     found = Findings()
-    listed = check_documents(found, docs)
+    listed = check_documents(found, docs, kills)
     tags: set[str] = set()
     with open_database(home)() as s:
         for run in s.scalars(select(Run).where(Run.name.in_(kinds))):
@@ -326,6 +338,7 @@ class Campaign:
     prefix: str
     kinds: dict[str, str] = field(default_factory=dict)
     phases: Counter[str] = field(default_factory=Counter)
+    kill_times: list[float] = field(default_factory=list)
 
     def top_up(self, concurrency: int) -> int:
         live = [r["name"] for r in self.h.status() if r["state"] not in TERMINAL]
@@ -341,6 +354,7 @@ class Campaign:
         time.sleep(delay)
         programs, delivering = children(daemon.pid), self.receiver.in_flight > 0
         daemon.kill()
+        self.kill_times.append(time.monotonic())
         daemon.wait()
         self.h.daemon = None
         where = phase(programs, delivering)
@@ -412,7 +426,8 @@ def main() -> int:
         kill_phase = time.monotonic() - started
         code = c.finish(args.poll)
         wall = time.monotonic() - started
-        found = check(c.h.home, c.kinds, cluster_jobs(c.prefix, window_start), list(c.receiver.received))
+        found = check(c.h.home, c.kinds, cluster_jobs(c.prefix, window_start), list(c.receiver.received),
+                      c.kill_times)
     finally:
         c.h.close()
         c.receiver.stop()
