@@ -2,6 +2,7 @@
 
     eval "$(deploy/slurm-cluster.sh env)"
     PYTHONPATH=$PWD .venv/bin/python bench/reliability_kill.py [--kills 50] [--seed N] [--concurrency 4]
+        [--answer-delay 0.3] [--no-slow-clients]
 
 A campaign of short two-stage runs keeps the daemon busy: each run's first stage succeeds at once; its
 second stage, by the run's kind, succeeds (``ok``), fails once or twice by printing an NVCC-timeout
@@ -10,6 +11,8 @@ line (a `resubmit` signature) before succeeding (``resub1``, ``resub2``), or pri
 loopback HTTP receiver this script runs. While the kills go on, at most ``--concurrency`` runs are
 active; the script tops them up before each restart, so submissions, resubmissions and deliveries are
 under way whenever a kill lands. Each kill: start the daemon, wait a seeded random delay, SIGKILL it.
+The receiver takes ``--answer-delay`` to answer and, unless ``--no-slow-clients``, sbatch/squeue/scontrol
+run behind a random delay, which widens the windows a kill must hit (mid-delivery, mid-submit).
 After the last kill one daemon runs until every run has ended and the outbox is empty, then gets SIGTERM.
 
 Then it counts, and each must be 0 (exit 0 when all are, 1 otherwise):
