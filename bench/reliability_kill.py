@@ -1,0 +1,444 @@
+"""Reliability under fire: the real `supervisor daemon` SIGKILLed at random moments on the real SLURM cluster.
+
+    eval "$(deploy/slurm-cluster.sh env)"
+    PYTHONPATH=$PWD .venv/bin/python bench/reliability_kill.py [--kills 50] [--seed N] [--concurrency 4]
+        [--answer-delay 0.3] [--no-slow-clients]
+
+A campaign of short two-stage runs keeps the daemon busy: each run's first stage succeeds at once; its
+second stage, by the run's kind, succeeds (``ok``), fails once or twice by printing an NVCC-timeout
+line (a `resubmit` signature) before succeeding (``resub1``, ``resub2``), or prints a CUDA OOM line (a
+`fail` signature) and the run fails (``fail``). Every run notifies through the `webhook` channel to a
+loopback HTTP receiver this script runs. While the kills go on, at most ``--concurrency`` runs are
+active; the script tops them up before each restart, so submissions, resubmissions and deliveries are
+under way whenever a kill lands. Each kill: start the daemon, wait a seeded random delay, SIGKILL it.
+The receiver takes ``--answer-delay`` to answer and, unless ``--no-slow-clients``, sbatch/squeue/scontrol
+run behind a random delay, which widens the windows a kill must hit (mid-delivery, mid-submit).
+After the last kill one daemon runs until every run has ended and the outbox is empty, then gets SIGTERM.
+
+Then it counts, and each must be 0 (exit 0 when all are, 1 otherwise):
+
+- duplicate jobs: two SLURM jobs for one attempt. A job's name is the attempt's tag; sacct over the
+  test's window (and squeue, for jobs sacct has not yet written) lists every job of ours.
+  Also counted: a job of ours for no attempt the database knows.
+- lost transitions: an attempt not in a final state, a run whose end or attempt history is not what its
+  script dictates, a stage whose attempt has not exactly one `submitted` event, a run whose events are
+  out of order (ids and times) or whose last event is not its single terminal one.
+- lost notifications: an event of a notifying kind that no document accepted by the receiver lists.
+- duplicated notifications: an event listed by two documents with different ``id``s, which a receiver
+  deduplicating on ``id`` / ``Idempotency-Key`` (docs/webhook-schema.md) would show twice; a document
+  received again with no kill between the two receipts; an ``Idempotency-Key`` that is not the ``id``.
+  A document received again across a kill (the daemon died after the receiver had it, before recording
+  the answer) is what the at-least-once contract allows: printed as a figure, not counted.
+- notifications out of order: a run's documents, in order of first arrival, going back in event ids.
+
+The seed is printed; ``--seed`` replays the kill schedule and the run kinds (the cluster's timing varies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test harness: the real CLI and daemon as subprocesses
+
+from sqlalchemy import select  # noqa: E402  (after the path set-up above)
+
+from supervisor.store.db import open_database  # noqa: E402
+from supervisor.store.models import Event, OutboxEntry, Run, Stage  # noqa: E402
+
+from harness import TERMINAL, Harness, slurm_available  # noqa: E402
+
+NOTIFY_ON = ["crashed", "resubmitted", "stage_succeeded", "succeeded", "failed", "retries_exhausted"]
+NVCC = "[rank0]: RuntimeError: NVCC timeout while compiling fused kernels"
+OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."
+# Run kind -> (attempts of the second stage that fail first, the run's end).
+KINDS: dict[str, tuple[int, str]] = {"ok": (0, "succeeded"), "resub1": (1, "succeeded"),
+                                     "resub2": (2, "succeeded"), "fail": (1, "failed")}
+# The daemon's first delivery pass comes OUTBOX_INTERVAL (5 s) after its start: kills spread past it.
+MIN_DELAY_S, MAX_DELAY_S = 0.5, 8.0
+FINISH_TIMEOUT_S = 600.0
+DRAIN_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Receiver:
+    """A loopback webhook receiver (as tests/notify_fixtures.py's) that takes ``delay_s`` to answer.
+
+    A body counts as received once read in full: the receiver has acted on it, whether or not the
+    daemon lives to read the 200. The delay widens the window in which a kill lands mid-delivery.
+    """
+
+    delay_s: float
+    received: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    url: str = ""
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                with receiver._lock:
+                    receiver.in_flight += 1
+                try:
+                    body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                    doc = json.loads(body)
+                    doc["_idempotency_key"] = self.headers.get("Idempotency-Key")
+                    doc["_received_at"] = time.monotonic()
+                    with receiver._lock:
+                        receiver.received.append(doc)
+                    time.sleep(receiver.delay_s)
+                    payload = b"{}"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the daemon was killed while waiting for the answer
+                finally:
+                    with receiver._lock:
+                        receiver.in_flight -= 1
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def slow_clients(root: Path) -> dict[str, str]:
+    """The real sbatch/squeue/scontrol behind a random delay of up to ~0.8 s (as tests/test_crash_safety.py
+    does), so kills land between the intent and the job, and between the job and its recorded id."""
+    shim = root / "slowbin"
+    shim.mkdir()
+    for client in ("sbatch", "squeue", "scontrol"):
+        real = shutil.which(client)
+        if real is None:
+            raise SystemExit(f"{client} is not installed")
+        path = shim / client
+        path.write_text(f'#!/bin/bash\nsleep "0.$((RANDOM % 8))"\n{real} "$@"\n'
+                        f'rc=$?\nsleep "0.$((RANDOM % 4))"\nexit $rc\n')
+        path.chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ.get('PATH', '')}"}
+
+
+def children(pid: int) -> set[str]:
+    """Program names of ``pid``'s child processes: what the daemon waits on at the kill."""
+    found: set[str] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            if int(stat[stat.rfind(")") + 2:].split()[1]) != pid:
+                continue
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        found.update(Path(a.decode(errors="replace")).name for a in argv[:2] if a)
+    return found
+
+
+def phase(programs: set[str], delivering: bool) -> str:
+    """Where a kill landed; the notifications are delivered by a thread of their own, so both can hold."""
+    if "sbatch" in programs:
+        cluster = "mid-submit"
+    elif programs & {"squeue", "scontrol", "sacct", "scancel"}:
+        cluster = "mid-query"
+    else:
+        cluster = ""
+    return "+".join(p for p in (cluster, "mid-delivery" if delivering else "") if p) or "between calls"
+
+
+def stage_script(h: Harness, name: str, kind: str) -> Path:
+    failures, _ = KINDS[kind]
+    line = OOM if kind == "fail" else NVCC
+    fail = (f'if [ "$SUPERVISOR_ATTEMPT" -le {failures} ]; then printf "%s\\n" "{line}"; sleep 1; exit 1; fi\n'
+            if failures else "")
+    return h.script(f"{name}.sbatch", f"""
+#SBATCH --time=00:05:00
+echo "attempt $SUPERVISOR_ATTEMPT of $SUPERVISOR_TAG on $(hostname -s)"
+sleep 1
+{fail}echo done
+""")
+
+
+def run_spec(h: Harness, name: str, kind: str, hook: str) -> dict[str, Any]:
+    prep = h.script(f"{name}-prep.sbatch", "#SBATCH --time=00:05:00\necho prepared\n")
+    return {"name": name, "backend": "slurm", "workdir": str(h.root / "w" / name),
+            "stages": [{"name": "prep", "script": str(prep)},
+                       {"name": "train", "script": str(stage_script(h, f"{name}-train", kind)),
+                        "max_attempts": 3, "retry_backoff": "1s"}],
+            "notify": [{"webhook": {"url": hook}, "on": NOTIFY_ON}]}
+
+
+def cluster_jobs(prefix: str, since: datetime) -> dict[str, set[str]]:
+    """Job name (= attempt tag) -> job ids, from sacct over the window and squeue for the newest."""
+    jobs: dict[str, set[str]] = {}
+    start = since.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+    sacct = subprocess.run(["sacct", "-X", "-n", "-P", "-S", start, "--format=JobName%200,JobID"],
+                           capture_output=True, text=True, check=True, timeout=60).stdout
+    squeue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%i"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in (sacct + squeue).splitlines():
+        name, _, job_id = line.partition("|")
+        if name.startswith(prefix):
+            jobs.setdefault(name.strip(), set()).add(job_id.strip())
+    return jobs
+
+
+def pending_outbox(home: Path) -> int:
+    with open_database(home)() as s:
+        return len(s.scalars(select(OutboxEntry.id).where(OutboxEntry.state == "pending")).all())
+
+
+@dataclass
+class Findings:
+    """What the checks found, by kind (each list must end empty), and the figures counted on the way."""
+
+    problems: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in (
+        "duplicate jobs", "lost transitions", "lost notifications", "duplicated notifications",
+        "notifications out of order")})
+    figures: Counter[str] = field(default_factory=Counter)
+
+    def add(self, kind: str, what: str) -> None:
+        self.problems[kind].append(what)
+
+
+def check_documents(found: Findings, docs: list[dict[str, Any]], kills: list[float]) -> dict[int, set[str]]:
+    """Returns event id -> the ids of the documents listing it.
+
+    A document received again is a duplicate unless a kill came between the two receipts: only a
+    daemon that died before recording the answer may send it again."""
+    listed: dict[int, set[str]] = {}
+    first: dict[str, dict[str, Any]] = {}
+    last_at: dict[str, float] = {}
+    for doc in docs:
+        first.setdefault(doc["id"], doc)
+        at = doc["_received_at"]
+        if doc["id"] in last_at and not any(last_at[doc["id"]] <= k <= at for k in kills):
+            found.add("duplicated notifications", f"{doc['id']}: received again with no kill in between")
+        last_at[doc["id"]] = at
+        for e in doc["events"]:
+            listed.setdefault(int(e["id"]), set()).add(doc["id"])
+        if doc["_idempotency_key"] != doc["id"]:
+            found.add("duplicated notifications", f"{doc['id']}: Idempotency-Key {doc['_idempotency_key']}")
+    found.figures["redelivered (same id)"] = len(docs) - len(first)
+    # In order per run: a run's documents, by first arrival, list ever newer events.
+    newest: dict[str, int] = {}
+    for doc in first.values():
+        ids = [int(e["id"]) for e in doc["events"]]
+        if ids and min(ids) < newest.get(doc["run"], 0):
+            found.add("notifications out of order", f"{doc['run']}: {doc['id']} after event {newest[doc['run']]}")
+        newest[doc["run"]] = max([newest.get(doc["run"], 0), *ids])
+    return listed
+
+
+def check_events(found: Findings, run: Run, events: list[Event], listed: dict[int, set[str]]) -> None:
+    found.figures["events"] += len(events)
+    if any(b.at < a.at for a, b in itertools.pairwise(events)):
+        found.add("lost transitions", f"{run.name}: event times out of order")
+    per_attempt: dict[tuple[str | None, int | None], list[str]] = {}
+    for e in events:
+        per_attempt.setdefault((e.stage, e.attempt), []).append(e.kind)
+    for (stage, number), kinds in per_attempt.items():
+        if "started" in kinds and ("submitted" not in kinds or kinds.index("started") < kinds.index("submitted")):
+            found.add("lost transitions", f"{run.name}/{stage}#{number}: started before submitted")
+    ends = [e for e in events if e.kind in TERMINAL]
+    if len(ends) != 1 or events[-1] is not ends[0]:
+        found.add("lost transitions", f"{run.name}: terminal events {[e.kind for e in ends]}, last {events[-1].kind}")
+    for e in events:
+        if e.kind not in NOTIFY_ON:
+            continue
+        found.figures["notifying events"] += 1
+        docs = listed.get(e.id, set())
+        if not docs:
+            found.add("lost notifications", f"{run.name}: event {e.id} {e.kind} {e.stage}#{e.attempt}")
+        elif len(docs) > 1:
+            found.add("duplicated notifications", f"{run.name}: event {e.id} {e.kind} in {sorted(docs)}")
+
+
+def check_attempts(found: Findings, run: Run, kind: str, stages: list[Stage], events: list[Event],
+                   jobs: dict[str, set[str]]) -> set[str]:
+    """Returns the attempts' tags."""
+    failures, end = KINDS[kind]
+    if run.state != end:
+        found.add("lost transitions", f"{run.name} ({kind}): {run.state}, expected {end}")
+    submitted = Counter((e.stage, e.attempt) for e in events if e.kind == "submitted")
+    tags = set()
+    for stage in stages:
+        attempts = sorted(stage.attempts, key=lambda a: a.number)
+        found.figures["attempts"] += len(attempts)
+        planned = 1 + failures if stage.name == "train" and end == "succeeded" else 1
+        if [a.number for a in attempts] != list(range(1, planned + 1)):
+            found.add("lost transitions", f"{run.name}/{stage.name}: attempts {[a.number for a in attempts]}")
+        for a in attempts:
+            where = f"{run.name}/{stage.name}#{a.number}"
+            tags.add(a.tag)
+            if a.state not in TERMINAL:
+                found.add("lost transitions", f"{where}: attempt left {a.state}")
+            if submitted[(stage.name, a.number)] != 1:
+                found.add("lost transitions", f"{where}: {submitted[(stage.name, a.number)]} submitted events")
+            ids = jobs.get(a.tag, set())
+            if len(ids) > 1 or (ids and a.job_id not in ids):
+                found.add("duplicate jobs", f"{a.tag}: jobs {sorted(ids)} on the cluster, recorded {a.job_id}")
+    return tags
+
+
+def check(home: Path, kinds: dict[str, str], jobs: dict[str, set[str]], docs: list[dict[str, Any]],
+          kills: list[float]) -> Findings:
+    found = Findings()
+    listed = check_documents(found, docs, kills)
+    tags: set[str] = set()
+    with open_database(home)() as s:
+        for run in s.scalars(select(Run).where(Run.name.in_(kinds))):
+            events = list(s.scalars(select(Event).where(Event.run_id == run.id).order_by(Event.id)))
+            stages = list(s.scalars(select(Stage).where(Stage.run_id == run.id).order_by(Stage.position)))
+            tags |= check_attempts(found, run, kinds[run.name], stages, events, jobs)
+            check_events(found, run, events, listed)
+        found.figures["outbox entries"] = len(s.scalars(select(OutboxEntry.id)).all())
+    for tag in sorted(set(jobs) - tags):
+        found.add("duplicate jobs", f"{tag}: jobs {sorted(jobs[tag])} for no recorded attempt")
+    found.figures["jobs"] = sum(len(ids) for ids in jobs.values())
+    return found
+
+
+@dataclass
+class Campaign:
+    """The runs registered so far and where the kills landed."""
+
+    h: Harness
+    receiver: Receiver
+    rng: random.Random
+    prefix: str
+    kinds: dict[str, str] = field(default_factory=dict)
+    phases: Counter[str] = field(default_factory=Counter)
+    kill_times: list[float] = field(default_factory=list)
+
+    def top_up(self, concurrency: int) -> int:
+        live = [r["name"] for r in self.h.status() if r["state"] not in TERMINAL]
+        while len(live) < concurrency:
+            name = f"{self.prefix}-{len(self.kinds)}"
+            self.kinds[name] = self.rng.choice(sorted(KINDS))
+            live.append(self.h.submit(run_spec(self.h, name, self.kinds[name], self.receiver.url + "/hook")))
+        return len(live)
+
+    def kill_once(self, poll: str) -> str:
+        daemon = self.h.start_daemon(poll=poll)
+        delay = self.rng.uniform(MIN_DELAY_S, MAX_DELAY_S)
+        time.sleep(delay)
+        programs, delivering = children(daemon.pid), self.receiver.in_flight > 0
+        daemon.kill()
+        self.kill_times.append(time.monotonic())
+        daemon.wait()
+        self.h.daemon = None
+        where = phase(programs, delivering)
+        self.phases[where] += 1
+        return f"after {delay:.2f}s, {where}"
+
+    def finish(self, poll: str) -> int | None:
+        """One daemon until every run has ended and the outbox is empty; its exit code."""
+        self.h.start_daemon(poll=poll)
+        self.h.wait_for(lambda: all(r["state"] in TERMINAL for r in self.h.status()), FINISH_TIMEOUT_S,
+                        "every run to end")
+        self.h.wait_for(lambda: pending_outbox(self.h.home) == 0, DRAIN_TIMEOUT_S, "the outbox to drain")
+        return self.h.stop_daemon()
+
+
+def report(c: Campaign, found: Findings, kills: int, wall: float, kill_phase: float, code: int | None) -> bool:
+    by_kind = Counter(c.kinds.values())
+    f = found.figures
+    adopted = sum('"adopted"' in line for line in c.h.daemon_log.read_text(errors="replace").splitlines())
+    print()
+    print(f"kills done          {kills} ({', '.join(f'{k} {v}' for k, v in c.phases.most_common())})")
+    print(f"runs                {len(c.kinds)} ({', '.join(f'{k} {by_kind[k]}' for k in sorted(by_kind))})")
+    print(f"jobs                {f['jobs']} on the cluster, {f['attempts']} attempts recorded")
+    print(f"events              {f['events']} ({f['notifying events']} of notifying kinds)")
+    print(f"notifications       {len(c.receiver.received)} delivered ({f['redelivered (same id)']} of them again "
+          f"with the same id), {f['outbox entries']} outbox entries")
+    print(f"adopted after kill  {adopted} (a job found on the cluster for an attempt left submitting)")
+    print(f"wall time           {wall:.0f}s (kill phase {kill_phase:.0f}s); last daemon exited {code}")
+    print(f"load average        {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print()
+    for what, items in found.problems.items():
+        print(f"{what:28s}{len(items)}")
+        for item in items:
+            print(f"    {item}")
+    print(f"state directory and daemon log: {c.h.root}")
+    ok = all(not items for items in found.problems.values())
+    print("PASS" if ok else "FAIL")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    parser.add_argument("--concurrency", type=int, default=4, help="active runs while the kills go on")
+    parser.add_argument("--poll", default="1s", help="the daemon's --poll")
+    parser.add_argument("--answer-delay", type=float, default=0.3, help="seconds the receiver takes to answer")
+    parser.add_argument("--no-slow-clients", action="store_true",
+                        help="the SLURM clients at their own speed (fewer kills land mid-submit)")
+    args = parser.parse_args()
+    if not slurm_available():
+        print('SLURM is not answering: eval "$(deploy/slurm-cluster.sh env)" first', file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    print(f"seed {seed} (replay: --seed {seed}), kills {args.kills}, concurrency {args.concurrency}, "
+          f"poll {args.poll}, answer delay {args.answer_delay}s", flush=True)
+    root = Path(tempfile.mkdtemp(prefix="reliability-kill-"))
+    c = Campaign(Harness(root, None if args.no_slow_clients else slow_clients(root)),
+                 Receiver(args.answer_delay).start(), random.Random(seed), f"rk{secrets.token_hex(3)}")
+    # sacct's -S has a one-second resolution and the cluster clock is this machine's: a margin suffices.
+    window_start = datetime.now(UTC) - timedelta(seconds=5)
+    started = time.monotonic()
+    try:
+        for i in range(args.kills):
+            live = c.top_up(args.concurrency)
+            where = c.kill_once(args.poll)
+            print(f"kill {i + 1:3d}/{args.kills}: {where}, {live} active, "
+                  f"{len(c.receiver.received)} notifications so far", flush=True)
+        kill_phase = time.monotonic() - started
+        code = c.finish(args.poll)
+        wall = time.monotonic() - started
+        found = check(c.h.home, c.kinds, cluster_jobs(c.prefix, window_start), list(c.receiver.received),
+                      c.kill_times)
+    finally:
+        c.h.close()
+        c.receiver.stop()
+        leftovers = [i for ids in cluster_jobs(c.prefix, window_start).values() for i in ids]
+        if leftovers:
+            subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+    return 0 if report(c, found, args.kills, wall, kill_phase, code) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
