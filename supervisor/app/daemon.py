@@ -208,8 +208,10 @@ class Daemon:
         if self.log_poll > 0:
             self.scheduler.add_job(self.check_logs, "interval", seconds=self.log_poll, id=LOG_JOB, max_instances=1,
                                    coalesce=True, misfire_grace_time=None)
+        # First pass at start: what a killed daemon left undelivered goes out now, not OUTBOX_INTERVAL later
+        # (a daemon restarted every few seconds would otherwise never deliver).
         self.scheduler.add_job(self.supervisor.flush_outbox, "interval", seconds=OUTBOX_INTERVAL, id=OUTBOX_JOB,
-                               max_instances=1, coalesce=True, misfire_grace_time=None)
+                               max_instances=1, coalesce=True, misfire_grace_time=None, next_run_time=datetime.now(UTC))
         self.scheduler.start()
         log.info("daemon_started", home=str(self.supervisor.home), poll=self.poll, log_poll=self.log_poll,
                  pid=os.getpid())
