@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,7 +31,8 @@ def home_with_attempts(tmp_path: Path) -> Supervisor:
         run = session.query(Run).one()
         run.state, run.stages[0].state = "running", "running"
         stage = run.stages[0]
-        rows = [  # a crash after 1 h on 2 nodes, a hang of 30 min on 4, and one still running on 2
+        # A crash after 1 h on 2 nodes, a hang after 1.5 h on 4, and one still running on 2.
+        rows: list[dict[str, Any]] = [
             dict(state="failed", exit_code=1, ended_at=start + timedelta(hours=1), nodes="n[01-02]"),
             dict(state="cancelled", cause="stall_timeout", outcome="resubmit", nodes="n[01-04]",
                  ended_at=start + timedelta(hours=1, minutes=30), last_output_at=start + timedelta(hours=1)),
