@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from supervisor.app.logsetup import configure_logging
 from supervisor.app.service import Supervisor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,6 +258,22 @@ def settle_sacct(job_ids: list[str], timeout: float = 90.0) -> dict[str, Job]:
         time.sleep(2)
 
 
+def own_report(home: Path) -> None:
+    """The supervisor's own accounting of the same jobs (`supervisor report --json`), scaled: a cross-check."""
+    done = subprocess.run([sys.executable, "-m", "supervisor", "--home", str(home), "report", "--json"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        print(f"  supervisor report failed: {done.stderr.strip()}")
+        return
+    data = json.loads(done.stdout)
+    scale = MINUTE_PER_S / 60
+    hung = data["detection"]["hung_node_seconds"] * scale
+    causes = ", ".join(f"{c['cause']} {c['node_seconds'] * scale:.2f}" for c in data["waste_by_cause"])
+    print(f"  supervisor's own report (scaled node-hours): used {data['used_node_seconds'] * scale:.2f}, "
+          f"wasted {data['wasted_node_seconds'] * scale:.2f} (hung {hung:.2f}); "
+          f"by cause: {causes}")
+
+
 def supervisor_strategy(root: Path, plans: dict[str, dict[str, Any]], deadline_s: float) -> Outcome:
     home = root / "home"
     sv = Supervisor(home)
@@ -416,42 +433,53 @@ def node_hours(jobs: list[Job]) -> float:
 
 def needed_node_hours(plan: dict[str, Any]) -> float:
     """What a faultless attempt takes: startup, every step, nothing else."""
-    return plan["nodes"] * (STARTUP_S + MAX_STEPS * STEP_S) * MINUTE_PER_S / 60
+    return float(plan["nodes"]) * (STARTUP_S + MAX_STEPS * STEP_S) * MINUTE_PER_S / 60
 
 
 def hours(seconds: float | None) -> str:
     return "not finished" if seconds is None else f"{seconds * MINUTE_PER_S / 60:.2f} h"
 
 
+@dataclass(frozen=True)
+class Tally:
+    jobs: int
+    used: float
+    wasted: float
+    runs: dict[str, float | None]
+    campaign: float | None
+
+
+def tally(outcome: Outcome, needed: float) -> Tally:
+    used = sum(node_hours(j) for j in outcome.jobs.values())
+    finished = [f for f in outcome.done_at.values() if f is not None]
+    campaign = max(finished) if len(finished) == len(outcome.done_at) else None
+    return Tally(sum(len(j) for j in outcome.jobs.values()), used, used - needed, dict(outcome.done_at), campaign)
+
+
+def ratio(alternative: float | None, supervisor: float | None) -> str:
+    return "n/a" if not alternative or not supervisor else f"{alternative / supervisor:.2f}x"
+
+
 def report(plans: dict[str, dict[str, Any]], results: dict[str, Outcome]) -> None:
     needed = sum(needed_node_hours(p) for p in plans.values())
-    rows = {}
-    for label, outcome in results.items():
-        used = sum(node_hours(j) for j in outcome.jobs.values())
-        finished = list(outcome.done_at.values())
-        campaign = None if any(f is None for f in finished) else max(f for f in finished if f is not None)
-        rows[label] = {"used": used, "wasted": used - needed, "jobs": sum(len(j) for j in outcome.jobs.values()),
-                       "campaign": campaign, "runs": outcome.done_at}
+    rows = {label: tally(outcome, needed) for label, outcome in results.items()}
     runs = list(plans)
     print(f"\nNode-hours a faultless campaign needs: {needed:.2f}\n")
     print("| strategy | jobs | node-hours used | node-hours wasted | " + " | ".join(f"{r} finished" for r in runs)
           + " | campaign finished |")
     print("| --- " * (5 + len(runs)) + "|")
     for label, row in rows.items():
-        print(f"| {label} | {row['jobs']} | {row['used']:.2f} | {row['wasted']:.2f} | "
-              + " | ".join(hours(row["runs"][r]) for r in runs) + f" | {hours(row['campaign'])} |")
+        print(f"| {label} | {row.jobs} | {row.used:.2f} | {row.wasted:.2f} | "
+              + " | ".join(hours(row.runs[r]) for r in runs) + f" | {hours(row.campaign)} |")
     sup = rows["supervisor"]
     print("\nThe supervisor against each alternative (alternative / supervisor):\n")
     print("| alternative | node-hours used | node-hours wasted | campaign time |")
     print("| --- | --- | --- | --- |")
     for label, row in rows.items():
-        if label == "supervisor":
-            continue
-        ratio = "n/a" if not sup["wasted"] else f"{row['wasted'] / sup['wasted']:.2f}x"
-        time_ratio = ("n/a" if sup["campaign"] is None or row["campaign"] is None
-                      else f"{row['campaign'] / sup['campaign']:.2f}x")
-        print(f"| {label} | {row['used'] / sup['used']:.2f}x | {ratio} | {time_ratio} |")
-    print("\n" + json.dumps({k: {**v, "runs": v["runs"]} for k, v in rows.items()}))
+        if label != "supervisor":
+            print(f"| {label} | {ratio(row.used, sup.used)} | {ratio(row.wasted, sup.wasted)} | "
+                  f"{ratio(row.campaign, sup.campaign)} |")
+    print("\n" + json.dumps({label: vars(row) for label, row in rows.items()}))
 
 
 def main() -> None:
@@ -459,6 +487,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=420.0, help="seconds one strategy may take (default 420)")
     parser.add_argument("--root", type=Path, default=None, help="work directory (default: a fresh temporary one)")
     args = parser.parse_args()
+    configure_logging("warning")  # the supervisor's own log lines (stderr) only when something goes wrong
     plans = schedule()
     print("Fault schedule (1 s = 1 min; attempts past a list train to the end):")
     for run, plan in plans.items():
@@ -482,6 +511,7 @@ def main() -> None:
         for run, jobs in outcome.jobs.items():
             print(f"  {label:<11} {run}: " + ", ".join(f"{j.job_id} {j.state} {j.elapsed_s}s x{j.nodes}"
                                                         for j in jobs))
+    own_report(root / "supervisor" / "home")
     modelled = unsupervised_model(plans, requeued)
     report(plans, {"supervisor": supervised, "exit-code requeue": requeued, "no supervision (model)": modelled})
     print(f"\nwall {time.monotonic() - started:.0f} s; load average after: {os.getloadavg()}")
