@@ -9,7 +9,16 @@ from supervisor.domain import core
 from supervisor.domain.core import AttemptView, Observation, Outcome, RunView, StageView
 from supervisor.domain.core.pending import pending_since, reason_code
 from supervisor.domain.core.views import CANNOT_START, EXCLUSIONS_IN_THE_WAY
-from supervisor.domain.types import AttemptState, JobInfo, JobPhase, LogMatch, RunState, SignatureAction, StageState
+from supervisor.domain.types import (
+    AttemptState,
+    EventKind,
+    JobInfo,
+    JobPhase,
+    LogMatch,
+    RunState,
+    SignatureAction,
+    StageState,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -348,3 +357,37 @@ def test_a_run_that_needs_attention_submits_nothing() -> None:
     assert core.advance(RunView("r", RunState.NEEDS_ATTENTION, (s,)), T0 + timedelta(hours=1)) == []
     # `resume` is the person acting: the stage tries again, and the unstarted job used none of its budget.
     assert core.Submit("a", 2) in core.advance(RunView("r", RunState.RUNNING, (s,)), T0 + timedelta(hours=1))
+
+
+def test_a_complete_final_checkpoint_records_the_work_as_done_with_a_milestone() -> None:
+    """Seen before the "Training completed!" line (the usual order), the checkpoint alone marks the work done."""
+    run = RunView("r", RunState.RUNNING, (stage("train", attempts=(running(),)),))
+    actions = core.observe(run, {("train", 1): Observation(work_finished=True, saved_mark="checkpoint-20")}, T0)
+    (update,) = [a for a in actions if isinstance(a, core.UpdateAttempt)]
+    assert update.changes.work_done is True
+    assert [a.message for a in actions if isinstance(a, core.Emit)] == ["the final checkpoint is complete"]
+    # The line, read later: its own milestone, the work already done.
+    done = RunView("r", RunState.RUNNING, (stage("train", attempts=(running(work_done=True),)),))
+    later = core.observe(done, {("train", 1): Observation(
+        matches=(match("training_completed", SignatureAction.FINISH),), work_finished=True)}, T0)
+    assert [a.kind for a in later if isinstance(a, core.Emit)] == [EventKind.MILESTONE]
+
+
+def test_a_finished_job_that_goes_quiet_is_ended_after_the_finish_grace() -> None:
+    """The end-of-training hang: the work is saved, the job would hold its nodes until the watchdog."""
+    quiet = running(work_done=True, last_output_at=T0)
+    run = RunView("r", RunState.RUNNING, (stage("train", attempts=(quiet,), stall_timeout=1800.0,
+                                                finish_grace=180.0),))
+    assert core.observe(run, {("train", 1): Observation(work_finished=True)}, T0 + timedelta(seconds=179)) == []
+    actions = core.observe(run, {("train", 1): Observation(work_finished=True)}, T0 + timedelta(seconds=181))
+    assert core.Cancel("train", 1, Outcome.FINISH, "finish_grace") in actions
+    assert any(isinstance(a, core.Emit) and a.kind is EventKind.STALLED for a in actions)
+    # Off, or not shorter than the stall timeout: the stall timeout decides, as before.
+    for grace in (None, 3600.0):
+        kept = RunView("r", RunState.RUNNING, (stage("train", attempts=(quiet,), stall_timeout=1800.0,
+                                                     finish_grace=grace),))
+        assert core.observe(kept, {("train", 1): Observation(work_finished=True)}, T0 + timedelta(seconds=600)) == []
+    # Work not done: the grace does not apply.
+    busy = RunView("r", RunState.RUNNING, (stage("train", attempts=(running(last_output_at=T0),),
+                                                 finish_grace=180.0),))
+    assert core.observe(busy, {("train", 1): Observation()}, T0 + timedelta(seconds=600)) == []

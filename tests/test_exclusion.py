@@ -160,7 +160,14 @@ def test_the_one_node_shared_with_the_previous_failed_allocation_is_suspect() ->
     actions = decide(run, on("lrdn[0002-0003]"))
     assert excluded(actions) == ["lrdn0002"]
     (exclusion,) = [a for a in actions if isinstance(a, core.ExcludeNode)]
-    assert "shared with the previous failed allocation (attempt 1)" in exclusion.reason
+    assert "shared with the previous allocation that failed the same way (attempt 1)" in exclusion.reason
+
+
+def test_a_previous_failure_of_another_kind_makes_no_node_suspect() -> None:
+    """An NVCC timeout on node[01-02] and then an NCCL error on node[02-03] say nothing about node02."""
+    nvcc = AttemptView(number=1, state=AttemptState.CANCELLED, outcome=Outcome.RESUBMIT, cause="nvcc_timeout",
+                       ended_at=T0, nodes="lrdn[0001-0002]")
+    assert excluded(decide(run_of(nvcc, running(2)), on("lrdn[0002-0003]"))) == []
 
 
 def test_no_suspect_when_the_allocations_share_several_nodes_or_none() -> None:

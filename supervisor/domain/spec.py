@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from supervisor.domain.core.views import MAX_EXCLUDED_NODES, PENDING_GRACE_S
+from supervisor.domain.core.views import FINISH_GRACE_S, MAX_EXCLUDED_NODES, PENDING_GRACE_S
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
 from supervisor.domain.paths import directory_problem, file_problem
@@ -90,6 +90,9 @@ class StageSpec(_Strict):
     startup_timeout: PositiveDuration | None = None
     # A job pending this long for a reason waiting never clears (PartitionNodeLimit, ...) needs a person.
     pending_grace: Duration = PENDING_GRACE_S
+    # Once the stage's work is saved (train: the final checkpoint complete), this long without log output
+    # ends the job as finished: the end-of-training hang. Off with `null`.
+    finish_grace: PositiveDuration | None = FINISH_GRACE_S
     # Pipeline kinds (prepare/train/merge/transfer) render their own sbatch script from these.
     nodes: Count | None = Field(default=None, ge=1)
     gpus_per_node: Count | None = Field(default=None, ge=0)

@@ -282,7 +282,8 @@ class Repository:
             return True
 
 
-_STAGE_NUMBERS = ("max_attempts", "stall_timeout", "startup_timeout", "retry_backoff", "pending_grace")
+_STAGE_NUMBERS = ("max_attempts", "stall_timeout", "startup_timeout", "retry_backoff", "pending_grace",
+                  "finish_grace")
 
 
 def _stage_numbers(raw: Mapping[str, Any]) -> dict[str, Any]:

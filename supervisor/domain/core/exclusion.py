@@ -28,7 +28,7 @@ _INTERFACE_SUFFIX = re.compile(r"-(?:ib|hsn|opa|ipoib|eth|bond|mlx|roce|ens|enp)
 # Evidence rules, as recorded with each exclusion.
 NAMED = "named in the line"
 ONLY_NODE = "the job's only node"
-SUSPECT = "the one node shared with the previous failed allocation"
+SUSPECT = "the one node shared with the previous allocation that failed the same way"
 DOWN = "the allocation's one node the scheduler marks down"
 
 
@@ -140,7 +140,7 @@ def judge(
     dead = [n for n in nodes if n in down]
     if len(dead) == 1:
         return _capped(run, [(dead[0], DOWN)], where, cause)
-    previous = _previous_failed(stage, attempt)
+    previous = _previous_failed(stage, attempt, cause.signature)
     if previous is not None:
         shared = set(nodes) & set(allocation(previous, None))
         if len(shared) == 1:
@@ -173,15 +173,16 @@ def _capped(
     return Judgement(exclude=tuple(exclude), node=node, capped=tuple(capped), note=note)
 
 
-def _previous_failed(stage: StageView, attempt: AttemptView) -> AttemptView | None:
-    """The stage's attempt just before this one, when it failed on an allocation of its own."""
+def _previous_failed(stage: StageView, attempt: AttemptView, signature: str) -> AttemptView | None:
+    """The stage's attempt just before this one, when it failed on an allocation of its own with the same
+    signature. Another failure (an NVCC timeout before an NCCL error) says nothing about a node."""
     earlier = [a for a in stage.attempts if a.number < attempt.number]
     if not earlier:
         return None
     last = earlier[-1]
     failed = last.state in (AttemptState.FAILED, AttemptState.CANCELLED) and last.outcome not in (
         Outcome.OPERATOR, Outcome.CANCEL, Outcome.FINISH) and last.cause not in NOT_THE_RUNS_FAULT
-    return last if failed and last.nodes else None
+    return last if failed and last.nodes and last.cause == signature else None
 
 
 def _is_ip(host: str) -> bool:

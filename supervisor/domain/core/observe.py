@@ -41,6 +41,8 @@ from supervisor.domain.types import (
 
 # A job missing from squeue, scontrol and sacct for this many successful polls in a row is gone for good.
 VANISHED_AFTER = 3
+# The cause of an attempt ended by its stage's `finish_grace`: quiet that long after its work was done.
+FINISH_GRACE = "finish_grace"
 
 # What one step decided: the attempt's changes and the actions after them; None: not this step's case.
 Decision = tuple[AttemptChanges, list[Action]] | None
@@ -90,11 +92,17 @@ def _observe_attempt(
     job = _job(attempt, obs)
     changes, actions = _facts(stage, attempt, obs, job, now)
     reading = verdict.read(obs.matches)
-    work_done = attempt.work_done or obs.work_finished
-    if reading.finishes and not work_done:
+    work_done = attempt.work_done
+    if not work_done and (obs.work_finished or reading.finishes):
+        # Recorded whichever comes first, the final checkpoint or the line: the accounting counts a finished
+        # attempt's time as used, and `show` says the work was done.
         work_done = True
-        first = reading.finishes[0]
         changes = changes.merged(work_done=True)
+        if not reading.finishes:
+            actions.append(Emit(EventKind.MILESTONE, "the final checkpoint is complete", stage.name,
+                                attempt.number, {"saved_mark": obs.saved_mark}))
+    if reading.finishes:
+        first = reading.finishes[0]
         actions.append(Emit(EventKind.MILESTONE, f"{first.signature}: {first.text}", stage.name, attempt.number,
                             {"line": first.line}))
 
@@ -258,7 +266,7 @@ def _stall(
 ) -> Decision:
     if attempt.state is not AttemptState.RUNNING:
         return None
-    stall = _stalled(stage, attempt, now, changes)
+    stall = _stalled(stage, attempt, now, changes, work_done)
     if stall is None:
         return None
     cause, message = stall
@@ -289,20 +297,24 @@ def _outcome_for(action: SignatureAction, work_done: bool) -> Outcome:
 
 
 def _stalled(
-    stage: StageView, attempt: AttemptView, now: datetime, changes: AttemptChanges
+    stage: StageView, attempt: AttemptView, now: datetime, changes: AttemptChanges, work_done: bool = False,
 ) -> tuple[str, str] | None:
     started = attempt.started_at
     if started is None:
         return None
+    last = changes.last_output_at or attempt.last_output_at
+    since = max(started, last) if last is not None else started
+    quiet = (now - since).total_seconds()
+    if work_done and stage.finish_grace is not None and quiet > stage.finish_grace \
+            and (stage.stall_timeout is None or stage.finish_grace < stage.stall_timeout):
+        # The work is saved and the job has gone quiet: the end-of-training hang, which would otherwise
+        # hold every node until the NCCL watchdog (10 min) or the stall timeout ends it.
+        return (FINISH_GRACE, f"no log output for {quiet:.0f}s after the work was done: end-of-training hang")
     # Compared in seconds: a timedelta of an infinite timeout would overflow.
     first_step = changes.first_step_at or attempt.first_step_at
     if (stage.startup_timeout is not None and first_step is None
             and (now - started).total_seconds() > stage.startup_timeout):
         return ("startup_timeout", f"no training step {stage.startup_timeout:.0f}s after start: startup hang")
-    if stage.stall_timeout is not None:
-        last = changes.last_output_at or attempt.last_output_at
-        since = max(started, last) if last is not None else started
-        quiet = (now - since).total_seconds()
-        if quiet > stage.stall_timeout:
-            return ("stall_timeout", f"no log output for {quiet:.0f}s: hang")
+    if stage.stall_timeout is not None and quiet > stage.stall_timeout:
+        return ("stall_timeout", f"no log output for {quiet:.0f}s: hang")
     return None

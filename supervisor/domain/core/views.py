@@ -22,6 +22,10 @@ CUT_OFF_REASONS: dict[str, str] = {"TimeLimit": "time limit"}
 # How long a job may wait for a reason that never clears before a person is asked (spec `pending_grace`).
 PENDING_GRACE_S = 600.0
 
+# How long a job whose work is done (the final checkpoint complete) may stay quiet before it is ended as
+# finished (spec `finish_grace`): well inside the NCCL watchdog's 10 minutes of the end-of-training hang.
+FINISH_GRACE_S = 180.0
+
 # How many nodes one run may keep excluded at once (spec `max_excluded_nodes`); past it a person is told.
 MAX_EXCLUDED_NODES = 4
 
@@ -62,6 +66,7 @@ class StageView:
     startup_timeout: float | None = None
     retry_backoff: float = 30.0
     pending_grace: float = PENDING_GRACE_S
+    finish_grace: float | None = FINISH_GRACE_S
     attempts: tuple[AttemptView, ...] = ()
 
     @property
