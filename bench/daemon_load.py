@@ -268,14 +268,10 @@ def profiled_daemon(out: str, daemon_args: list[str]) -> None:
         wanted = [p for p in PROFILE_NAMES if Path(f"{out}.{p}.wanted").exists() and not Path(f"{out}.{p}").exists()]
         if not wanted or not ended:
             return
-        stats: pstats.Stats | None = None
+        stats = pstats.Stats()
         for prof, lock in ended:
             with lock:
-                if stats is None:
-                    stats = pstats.Stats(prof)
-                else:
-                    stats.add(prof)
-        assert stats is not None
+                stats.add(prof)
         stats.dump_stats(f"{out}.{wanted[0]}")
         Path(f"{out}.{wanted[0]}.wanted").unlink()
 

@@ -81,17 +81,46 @@ class Supervisor:
     # ---- the tick --------------------------------------------------------------------------------
 
     def tick(self, *, poll: bool = True) -> TickReport:
-        """One pass over every active run. ``poll=False`` (a log changed) reads logs but asks no cluster."""
+        """One pass over every active run. ``poll=False`` (a log changed) asks no cluster, and steps only the
+        runs that :meth:`news` names: the others' new lines are read by the next interval pass."""
         self._ticks += 1
         polled = NO_POLL
         if poll:
             self.reconcile_submitting()
             polled = self.poll()
         run_ids = [r for r in self.repo.active_run_ids() if self._quarantine.get(r, (0, 0))[0] <= self._ticks]
+        stepped = run_ids if poll else self.news(run_ids)
         count = 0
-        for run_id in run_ids:
+        for run_id in stepped:
             count += self._guarded(run_id, polled)
         return TickReport(runs=len(run_ids), actions=count)
+
+    def news(self, run_ids: Sequence[int]) -> list[int]:
+        """Which of these runs a log wake-up steps: those with a live log whose new lines are worth a pass
+        (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
+        run), whose pass reads nothing and may submit at once, as every wake-up pass did before."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Run.id, Run.name, Run.spec, Attempt.log_path, Attempt.log_tail).select_from(Attempt)
+                .join(Stage).join(Run)
+                .where(Attempt.state.in_(_POLLED), Run.id.in_(run_ids))).all()
+        worth: set[int] = set()
+        logged: set[int] = set()
+        for run_id, name, spec, path, tail in rows:
+            if not path or "%j" in path:
+                continue
+            logged.add(run_id)
+            if run_id in worth:
+                continue
+            try:
+                catalogue = self.logs.catalogue(name, spec.get("signatures") or [])
+                if self.logs.peek(catalogue, LogCursor(path, tail, None)):
+                    worth.add(run_id)
+            except Exception:
+                # Stepped: its own pass runs inside its error boundary and reports the error there, once.
+                worth.add(run_id)
+        self.logs.forget_peeks(path for *_, path, _ in rows if path)
+        return [r for r in run_ids if r in worth or r not in logged]
 
     def reconcile_submitting(self) -> None:
         """Attempts left in SUBMITTING by a crash: adopt the job if it exists, else submit it now."""

@@ -57,6 +57,20 @@ def keep_chunk_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 16 << 20)) and bool(mallopt(m_trim_threshold, 64 << 20))
 
 
+def give_back_memory() -> bool:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim``), once a burst of allocations is over.
+
+    With :func:`keep_chunk_memory`'s thresholds glibc never trims by itself, so the tens of MB a Hyperscan
+    compile allocates and frees again would stay in the daemon's RSS. Returns False where it does not apply
+    (not glibc) or nothing could be given back.
+    """
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
+
+
 @dataclass(frozen=True)
 class TailState:
     path: Path
