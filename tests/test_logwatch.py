@@ -106,27 +106,27 @@ def test_peek_reads_each_new_line_once_and_says_when_the_run_needs_a_pass(tmp_pa
     counting = CountingCatalogue()
     catalogue = cast(Catalogue, counting)
     cursor = LogCursor(str(log), None, None)  # nothing stored yet: no pass has read this log
-    assert watcher.peek(catalogue, cursor) is False
-    assert watcher.peek(catalogue, cursor) is False
+    assert watcher.peek(cursor, lambda: catalogue) is False
+    assert watcher.peek(cursor, lambda: catalogue) is False
     assert counting.scanned == 2 * len(BAR)  # the unchanged log was not read again
     with log.open("a") as out:
         out.write(BAR)
-    assert watcher.peek(catalogue, cursor) is False
+    assert watcher.peek(cursor, lambda: catalogue) is False
     assert counting.scanned == 3 * len(BAR)  # only the new line
     with log.open("a") as out:
         out.write(OOM)
-    assert watcher.peek(catalogue, cursor) is True
+    assert watcher.peek(cursor, lambda: catalogue) is True
     # Until a pass stores a new offset, the next peek starts over there: a pass that failed is asked again.
-    assert watcher.peek(catalogue, cursor) is True
+    assert watcher.peek(cursor, lambda: catalogue) is True
     assert counting.scanned == 3 * len(BAR) + len(OOM) + log.stat().st_size
     # The pass read the log to its end: what comes after that is all a peek looks at.
     seen = watcher.read(counting.catalogue, cursor, kind_for(StageKind.SCRIPT).progress)
     read_up_to = LogCursor(str(log), seen.tail["log_tail"], None)
     with log.open("a") as out:
         out.write(BAR)
-    assert watcher.peek(catalogue, read_up_to) is False
-    assert watcher.peek(catalogue, LogCursor(str(tmp_path / "none.log"), None, None)) is False
-    assert watcher.peek(catalogue, LogCursor("train-%j.log", None, None)) is False
+    assert watcher.peek(read_up_to, lambda: catalogue) is False
+    assert watcher.peek(LogCursor(str(tmp_path / "none.log"), None, None), lambda: catalogue) is False
+    assert watcher.peek(LogCursor("train-%j.log", None, None), lambda: catalogue) is False
 
 
 def test_peek_of_a_chatty_log_asks_for_a_pass_once_enough_is_unread(tmp_path: Path) -> None:
@@ -135,10 +135,10 @@ def test_peek_of_a_chatty_log_asks_for_a_pass_once_enough_is_unread(tmp_path: Pa
     watcher = LogWatcher()
     catalogue = watcher.catalogue("r", [])
     cursor = LogCursor(str(log), None, None)
-    assert watcher.peek(catalogue, cursor) is False
+    assert watcher.peek(cursor, lambda: catalogue) is False
     with log.open("a") as out:
         out.write(BAR * 2)
-    assert watcher.peek(catalogue, cursor) is True
+    assert watcher.peek(cursor, lambda: catalogue) is True
 
 
 def test_runs_with_the_same_signatures_share_one_compiled_catalogue() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from supervisor.domain.ports import Clock, Cluster, SystemClock
 from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
 from supervisor.logs.follow import LogCursor, LogWatcher
+from supervisor.logs.scanner import Catalogue
 from supervisor.notify import RunChannels, deliver, send_test
 from supervisor.notify.queue import pending_count
 from supervisor.store import readmodels
@@ -70,6 +72,8 @@ class Supervisor:
         self.observer = Observer(self.repo, self.clusters, self.logs)
         # Runs whose handling raised and that could not even be set aside: skipped until this tick number.
         self._quarantine: dict[int, tuple[int, int]] = {}
+        # Per active run, its name and `signatures:` (for the wake-up's peek at its logs).
+        self._signatures: dict[int, tuple[str, list[Mapping[str, Any]]]] = {}
         self._ticks = 0
 
     def now(self) -> datetime:
@@ -101,26 +105,34 @@ class Supervisor:
         run), whose pass reads nothing and may submit at once, as every wake-up pass did before."""
         with self.sessions() as session:
             rows = session.execute(
-                select(Run.id, Run.name, Run.spec, Attempt.log_path, Attempt.log_tail).select_from(Attempt)
-                .join(Stage).join(Run)
-                .where(Attempt.state.in_(_POLLED), Run.id.in_(run_ids))).all()
+                select(Stage.run_id, Attempt.log_path, Attempt.log_tail).select_from(Attempt).join(Stage)
+                .where(Attempt.state.in_(_POLLED), Stage.run_id.in_(run_ids))).all()
+        self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
         worth: set[int] = set()
         logged: set[int] = set()
-        for run_id, name, spec, path, tail in rows:
+        for run_id, path, tail in rows:
             if not path or "%j" in path:
                 continue
             logged.add(run_id)
             if run_id in worth:
                 continue
             try:
-                catalogue = self.logs.catalogue(name, spec.get("signatures") or [])
-                if self.logs.peek(catalogue, LogCursor(path, tail, None)):
+                if self.logs.peek(LogCursor(path, tail, None), partial(self._catalogue, run_id)):
                     worth.add(run_id)
             except Exception:
                 # Stepped: its own pass runs inside its error boundary and reports the error there, once.
                 worth.add(run_id)
-        self.logs.forget_peeks(path for *_, path, _ in rows if path)
+        self.logs.forget_peeks(path for _, path, _ in rows if path)
         return [r for r in run_ids if r in worth or r not in logged]
+
+    def _catalogue(self, run_id: int) -> Catalogue:
+        """The run's catalogue; its `signatures:` are read once (a registered run's spec never changes)."""
+        if run_id not in self._signatures:
+            with self.sessions() as session:
+                name, spec = session.execute(select(Run.name, Run.spec).where(Run.id == run_id)).one()
+            self._signatures[run_id] = (name, list(spec.get("signatures") or []))
+        name, entries = self._signatures[run_id]
+        return self.logs.catalogue(name, entries)
 
     def reconcile_submitting(self) -> None:
         """Attempts left in SUBMITTING by a crash: adopt the job if it exists, else submit it now."""
@@ -140,12 +152,17 @@ class Supervisor:
             return 0
         total = len(actions)
         # Closing a stage can start the next one: advance until nothing more is due (bounded by the stages).
+        # Nothing recorded yet: the run is still as observed, and reading it again is most of an idle pass.
+        view = seen.view
+        changed = bool(actions or seen.tails)
         for _ in range(len(seen.view.stages) + 2):
-            view = self._view(run_id)
+            if changed:
+                view = self._view(run_id)
             actions = core.advance(view, self.clock.now())
             if not actions or not self.apply(run_id, view.state, actions):
                 break
             total += len(actions)
+            changed = True
         return total
 
     def apply(

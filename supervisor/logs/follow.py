@@ -162,9 +162,10 @@ class LogWatcher:
         return Seen(tail=tail, matches=verdict.read(matches).matches, progress=progress, new_output=read > 0,
                     loss=loss)
 
-    def peek(self, catalogue: Catalogue, cursor: LogCursor) -> bool:
+    def peek(self, cursor: LogCursor, catalogue: Callable[[], Catalogue]) -> bool:
         """Whether the lines the log gained since the last peek are :func:`worth_a_pass`. Reads on from where
-        the last peek stopped while the stored offset is the one it started from; stores nothing.
+        the last peek stopped while the stored offset is the one it started from; stores nothing. A log that
+        did not change costs one ``stat`` (and ``catalogue`` is not asked for).
 
         A log found worth a pass is forgotten: the pass moves its stored offset, and should the pass fail,
         the next peek starts over from the stored offset and finds the same lines again."""
@@ -178,13 +179,14 @@ class LogWatcher:
             self._peeked[cursor.path] = earlier
             return False
         state, unread = earlier.state, earlier.unread
+        scanner = catalogue()
         matches: list[LogMatch] = []
         while unread <= PEEK_LIMIT:
             new_state, data = read_new(state, max_bytes=CHUNK)
             if not data:
                 state = new_state
                 break
-            matches.extend(catalogue.scan_chunk(data, state.next_line).matches)
+            matches.extend(scanner.scan_chunk(data, state.next_line).matches)
             unread += len(data)
             state = new_state
         if worth_a_pass(matches, unread):
