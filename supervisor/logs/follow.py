@@ -2,7 +2,7 @@
 
 The offset lives in the attempt row (``log_tail``) and is written in the same transaction as the
 reaction to what was read, so a restarted supervisor continues where it stopped and never reacts to
-an old line twice. inotify (``watchdog``) only wakes the daemon early; every tick also reads, because
+an old line twice. inotify (supervisor.logs.inotify) only wakes the daemon early; every tick also reads, because
 NFS and Lustre do not deliver inotify events for writes made on other nodes. For those the daemon asks
 :meth:`LogWatcher.grown` every ``--log-poll``: one ``stat`` per live log, no read, no database write.
 
