@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.app.clusters import Clusters
@@ -92,21 +92,23 @@ class Supervisor:
         if poll:
             self.reconcile_submitting()
             polled = self.poll()
-        run_ids = [r for r in self.repo.active_run_ids() if self._quarantine.get(r, (0, 0))[0] <= self._ticks]
-        stepped = run_ids if poll else self.news(run_ids)
+        run_ids = self.repo.active_run_ids() if poll else self.news()
+        run_ids = [r for r in run_ids if self._quarantine.get(r, (0, 0))[0] <= self._ticks]
         count = 0
-        for run_id in stepped:
+        for run_id in run_ids:
             count += self._guarded(run_id, polled)
         return TickReport(runs=len(run_ids), actions=count)
 
-    def news(self, run_ids: Sequence[int]) -> list[int]:
-        """Which of these runs a log wake-up steps: those with a live log whose new lines are worth a pass
+    def news(self) -> list[int]:
+        """The active runs a log wake-up steps: those with a live log whose new lines are worth a pass
         (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
-        run), whose pass reads nothing and may submit at once, as every wake-up pass did before."""
+        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. One query."""
         with self.sessions() as session:
             rows = session.execute(
-                select(Stage.run_id, Attempt.log_path, Attempt.log_tail).select_from(Attempt).join(Stage)
-                .where(Attempt.state.in_(_POLLED), Stage.run_id.in_(run_ids))).all()
+                select(Run.id, Attempt.log_path, Attempt.log_tail).select_from(Run).join(Stage)
+                .outerjoin(Attempt, and_(Attempt.stage_id == Stage.id, Attempt.state.in_(_POLLED)))
+                .where(Run.state.in_(_ACTIVE)).order_by(Run.id)).all()
+        run_ids = list(dict.fromkeys(run_id for run_id, _, _ in rows))
         self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
         worth: set[int] = set()
         logged: set[int] = set()

@@ -6,9 +6,9 @@ still polls every log on each tick. A directory that does not exist yet, or that
 directory where inotify is not there at all (another OS, no instance left).
 
 One inotify instance and one thread serve every directory, through libc's three calls. A log written a
-line at a time raises an event per line: with 100 logs each written a line a second, watchdog's observer
-(a buffer thread, an emitter per directory and a dispatch queue) spent 2.35 % of a core on them, this
-0.25 % (bench/daemon_load.py; docs/benchmarks.md, "Daemon RSS and CPU").
+line at a time raises an event per line: with 100 logs each appended a line a second, watchdog's observer
+(a buffer thread, an emitter per directory and a dispatch queue) spent 2.0-2.5 % of a core on their
+events, this 0.7-0.9 %, measured side by side (docs/benchmarks.md, "Daemon RSS and CPU").
 """
 
 from __future__ import annotations
