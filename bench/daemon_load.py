@@ -20,7 +20,8 @@ sampled after a warm-up of one ``--poll`` interval plus a few seconds. Every run
 
 ``--profile PATH``: the daemon runs under cProfile (its tick, log-cadence and outbox jobs, in whichever
 scheduler thread runs them), and the window of each scenario is written to ``PATH.<scenario>``
-(``python -m pstats``). The CPU figures of such a run include the profiler's own cost.
+(``python -m pstats``), with the CPU of each of its threads in ``PATH.<scenario>.threads.txt``. The CPU
+figures of such a run include the profiler's own cost.
 """
 
 from __future__ import annotations
@@ -78,9 +79,7 @@ class Sample:
 
 
 def cpu_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return cpu_ticks_of(Path(f"/proc/{pid}/stat"))
 
 
 def rss_bytes(pid: int) -> int:
@@ -88,6 +87,23 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU clock ticks of each of the process's threads."""
+    ticks = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            ticks[int(task.name)] = cpu_ticks_of(task / "stat")
+        except OSError:
+            continue  # ended meanwhile
+    return ticks
+
+
+def cpu_ticks_of(stat_path: Path) -> int:
+    stat = stat_path.read_text()
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
 
 
 def sample(pid: int, seconds: float) -> Sample:
@@ -136,6 +152,27 @@ def wait(what: str, check: object, timeout: float, daemon: subprocess.Popen[byte
         time.sleep(1.0)
 
 
+def profiled_sample(daemon: subprocess.Popen[bytes], seconds: float, prefix: str, profile: Path) -> Sample:
+    """:func:`sample`, with the profiled daemon's window written to ``prefix`` and its threads' CPU to
+    ``prefix.threads.txt``."""
+    daemon.send_signal(signal.SIGUSR1)  # profile from here
+    before = thread_ticks(daemon.pid)
+    found = sample(daemon.pid, seconds)
+    spent = {tid: ticks - before.get(tid, 0) for tid, ticks in thread_ticks(daemon.pid).items()}
+    Path(f"{prefix}.wanted").touch()
+    daemon.send_signal(signal.SIGUSR1)  # write what was profiled since the last signal, and the threads
+    deadline = time.monotonic() + 30
+    while Path(f"{prefix}.wanted").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    names = json.loads(Path(f"{profile}.threads").read_text())
+    hz = os.sysconf("SC_CLK_TCK")
+    with Path(f"{prefix}.threads.txt").open("w") as out:
+        for tid, ticks in sorted(spent.items(), key=lambda item: -item[1]):
+            if ticks:
+                print(f"{100 * ticks / hz / seconds:6.2f} % {names.get(str(tid), '?')}", file=out)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=100)
@@ -171,13 +208,9 @@ def main() -> int:
 
     def window(index: int) -> Sample:
         time.sleep(warmup)
-        if args.profile is not None:
-            daemon.send_signal(signal.SIGUSR1)  # profile from here
-        found = sample(daemon.pid, args.seconds)
-        if args.profile is not None:
-            Path(f"{args.profile}.{PROFILE_NAMES[index]}.wanted").touch()
-            daemon.send_signal(signal.SIGUSR1)  # write what was profiled since the last signal
-        return found
+        if args.profile is None:
+            return sample(daemon.pid, args.seconds)
+        return profiled_sample(daemon, args.seconds, f"{args.profile}.{PROFILE_NAMES[index]}", args.profile)
 
     try:
         wait("daemon_started", lambda: "daemon_started" in log.read_text(), 60, daemon, log)
@@ -266,13 +299,14 @@ def profiled_daemon(out: str, daemon_args: list[str]) -> None:
             window.clear()
             generation[0] += 1
         wanted = [p for p in PROFILE_NAMES if Path(f"{out}.{p}.wanted").exists() and not Path(f"{out}.{p}").exists()]
-        if not wanted or not ended:
+        if not wanted:
             return
         stats = pstats.Stats()
         for prof, lock in ended:
             with lock:
                 stats.add(prof)
         stats.dump_stats(f"{out}.{wanted[0]}")
+        Path(f"{out}.threads").write_text(json.dumps({t.native_id: t.name for t in threading.enumerate()}))
         Path(f"{out}.{wanted[0]}.wanted").unlink()
 
     for cls, name in ((Daemon, "_tick"), (Daemon, "check_logs"), (Supervisor, "flush_outbox")):

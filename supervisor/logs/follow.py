@@ -9,8 +9,9 @@ NFS and Lustre do not deliver inotify events for writes made on other nodes. For
 A wake-up does not step every run whose log grew: :meth:`LogWatcher.peek` reads the lines added since it
 last looked (without moving the stored offset) and scans them, and only a run whose new lines hold a match
 the core acts on (:func:`worth_a_pass`) is stepped at once. Lines that only move a progress bar or print a
-loss are recorded by the interval pass, so the progress, loss and last output that ``status`` shows are as
-fresh as ``--poll``; a reaction to a failure line is as quick as before.
+loss are recorded by the interval pass, so the progress, loss and last output that ``status`` shows, and the
+stage kinds' own checks (a final checkpoint, the last one saved), are as fresh as ``--poll``; a reaction to a
+failure line or a finish comes as quickly as before.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def worth_a_pass(matches: Sequence[LogMatch], unread: int) -> bool:
 
 @dataclass(frozen=True)
 class _Peeked:
-    """How far :meth:`LogWatcher.peek` read a log past its stored offset, and what it found on the way."""
+    """How far :meth:`LogWatcher.peek` has read a log past its stored offset (finding nothing worth a pass)."""
 
     stored: dict[str, Any] | None  # the stored TailState this reading continues from
     state: TailState  # where the peek stopped
