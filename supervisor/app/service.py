@@ -74,6 +74,12 @@ class Supervisor:
         self._quarantine: dict[int, tuple[int, int]] = {}
         # Per active run, its name and `signatures:` (for the wake-up's peek at its logs).
         self._signatures: dict[int, tuple[str, list[Mapping[str, Any]]]] = {}
+        # Every active run with its live attempts' logs (none: one row of NULLs). Built once: building the
+        # statement took a third of the query's time, and a wake-up pass runs it up to five times a second.
+        self._live_logs = (
+            select(Run.id, Attempt.log_path, Attempt.log_tail).select_from(Run).join(Stage)
+            .outerjoin(Attempt, and_(Attempt.stage_id == Stage.id, Attempt.state.in_(_POLLED)))
+            .where(Run.state.in_(_ACTIVE)).order_by(Run.id))
         self._ticks = 0
 
     def now(self) -> datetime:
@@ -104,10 +110,7 @@ class Supervisor:
         (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
         run), whose pass reads nothing and may submit at once, as every wake-up pass did before. One query."""
         with self.sessions() as session:
-            rows = session.execute(
-                select(Run.id, Attempt.log_path, Attempt.log_tail).select_from(Run).join(Stage)
-                .outerjoin(Attempt, and_(Attempt.stage_id == Stage.id, Attempt.state.in_(_POLLED)))
-                .where(Run.state.in_(_ACTIVE)).order_by(Run.id)).all()
+            rows = session.execute(self._live_logs).all()
         run_ids = list(dict.fromkeys(run_id for run_id, _, _ in rows))
         self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
         worth: set[int] = set()
