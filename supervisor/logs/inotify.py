@@ -7,8 +7,8 @@ directory where inotify is not there at all (another OS, no instance left).
 
 One inotify instance and one thread serve every directory, through libc's three calls. A log written a
 line at a time raises an event per line: with 100 logs each appended a line a second, watchdog's observer
-(a buffer thread, an emitter per directory and a dispatch queue) spent 2.0-2.5 % of a core on their
-events, this 0.7-0.9 %, measured side by side (docs/benchmarks.md, "Daemon RSS and CPU").
+(a buffer thread, an emitter per directory and a dispatch queue) spent 1.8-2.9 % of a core on their
+events, this 0.4 %, measured side by side (docs/benchmarks.md, "Daemon RSS and CPU").
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ IN_ISDIR = 0x40000000
 WAKE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 _READ_SIZE = 64 * 1024
+# After reporting a read's changes, the thread lets events gather this long before it reads again: logs
+# written a line at a time then cost a read per interval instead of one per line. The first change after a
+# quiet spell is still reported at once, and no later one waits longer than the daemon's own minimum gap
+# between two wake-up passes (0.2 s) would make it wait anyway.
+COALESCE_S = 0.05
 
 
 def parse_events(data: bytes) -> Iterator[tuple[int, int, str]]:
@@ -189,13 +194,15 @@ class LogDirWatcher:
                 self._inotify.remove(wd)
 
     def _run(self, inotify: _Inotify | None, stop_r: int) -> None:
-        poller = select.poll()
-        poller.register(stop_r, select.POLLIN)
+        stopped = select.poll()
+        stopped.register(stop_r, select.POLLIN)
+        either = select.poll()
+        either.register(stop_r, select.POLLIN)
         if inotify is not None:
-            poller.register(inotify.fd, select.POLLIN)
+            either.register(inotify.fd, select.POLLIN)
         try:
             while True:
-                ready = {fd for fd, _ in poller.poll()}
+                ready = {fd for fd, _ in either.poll()}
                 if stop_r in ready or inotify is None:
                     return
                 try:
@@ -204,6 +211,8 @@ class LogDirWatcher:
                     continue
                 for path in self._changed(data):
                     self._notify(path)
+                if stopped.poll(COALESCE_S * 1000):
+                    return
         finally:
             os.close(stop_r)
 
