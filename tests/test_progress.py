@@ -74,7 +74,7 @@ def test_the_watcher_reports_the_last_training_loss_it_read(tmp_path: Path) -> N
     log = tmp_path / "train.log"
     log.write_text("{'loss': '3.5', 'epoch': '0.1'}\n{'loss': '3.25', 'epoch': '0.2'}\n{'eval_loss': '2.0'}\n")
     watcher = LogWatcher()
-    seen = watcher.read(watcher.catalogue(1, "r", []), LogCursor(str(log), None, None),
+    seen = watcher.read(watcher.catalogue("r", []), LogCursor(str(log), None, None),
                         kind_for(StageKind.TRAIN).progress)
     assert seen.loss == 3.25
 

@@ -36,7 +36,7 @@ def test_only_the_build_locks_of_the_named_root_are_removed(tmp_path: Path) -> N
 def test_hint_lasts_while_the_log_stays_near_it(tmp_path: Path) -> None:
     log = tmp_path / "train-1-1.log"
     watcher = LogWatcher()
-    catalogue = watcher.catalogue(1, "r", [])
+    catalogue = watcher.catalogue("r", [])
     cursor = LogCursor(str(log), None, None)
 
     def read(text: str) -> dict[str, object] | None:

@@ -114,3 +114,45 @@ def test_a_new_checkpoint_is_a_sign_of_life_for_a_quiet_training_job(tmp_path: P
     sv.tick()
     first = sv.show("t")["stages"][0]["attempts"][0]
     assert first["state"] == "cancelled" and first["cause"] == "stall_timeout"
+
+
+def test_a_log_wake_up_steps_only_the_runs_whose_new_lines_call_for_a_reaction(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from supervisor.store.models import Attempt, Run, Stage
+
+    cluster = RunningCluster()
+    sv = Supervisor(tmp_path / "home", clusters={"slurm": cluster})
+    script = tmp_path / "s.sbatch"
+    script.write_text("#!/bin/bash\nsleep 600\n")
+
+    def register(name: str) -> None:
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(f"name: {name}\nbackend: slurm\nworkdir: {tmp_path / name}\nstages:\n"
+                        f"  - name: s\n    script: {script}\n")
+        sv.register(spec, "slurm")
+
+    def attempt(name: str) -> Attempt:
+        with sv.sessions() as session:
+            return session.scalars(select(Attempt).join(Stage).join(Run).where(Run.name == name)).one()
+
+    for name in ("progress", "oom"):
+        register(name)
+    sv.tick()
+    sv.tick()  # both jobs seen running
+    bar = "  5%|#         | 50/1000 [00:10<03:10,  5.00it/s]\n"
+    Path(attempt("progress").log_path or "").write_text(bar * 3)
+    Path(attempt("oom").log_path or "").write_text(bar + "torch.OutOfMemoryError: CUDA out of memory.\n")
+    register("new")  # no attempt yet: a wake-up pass submits it, as before
+    ids = {r.name: r.id for r in sv.sessions().scalars(select(Run))}
+
+    assert sv.news() == [ids["oom"], ids["new"]]
+    sv.tick(poll=False)
+    assert attempt("oom").cause == "cuda_oom"
+    assert len(cluster.submitted) == 3
+    quiet = attempt("progress")
+    assert quiet.log_tail is None and quiet.progress_step is None  # left to the interval pass
+    assert sv.news() == []
+    sv.tick()
+    read = attempt("progress")
+    assert read.progress_step == 50 and read.log_tail is not None and read.last_output_at is not None

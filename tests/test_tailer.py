@@ -194,3 +194,10 @@ def test_large_windows_split_on_line_breaks(tmp_path: Path) -> None:
             state = new_state
         assert b"".join(out) == payload
         assert (state.offset, state.line_no) == (len(payload), count_lines(payload))
+
+
+def test_count_lines_is_the_same_for_small_reads_and_large_ones() -> None:
+    line = b"  5%|#         | 50/1000 [00:10<03:10,  5.00it/s]\r{'loss': 1.2}\r\n"
+    large = line * (256 * 1024 // len(line))  # counted with numpy
+    pieces = [large[i : i + 4096] for i in range(0, len(large), 4096)]  # each counted with bytes.count
+    assert count_lines(large) == sum(count_lines(p) for p in pieces) == 3 * (len(large) // len(line))

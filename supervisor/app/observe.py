@@ -83,8 +83,8 @@ class Observer:
             if run is None:
                 return None
             entries = run.spec.get("signatures") or []
-            catalogue = self.logs.catalogue(run.id, run.name, entries)
-            view = self.repo.view(session, run, self.logs.resubmit_limits(run.id, run.name, entries))
+            catalogue = self.logs.catalogue(run.name, entries)
+            view = self.repo.view(session, run, self.logs.resubmit_limits(run.name, entries))
             live = [self._live(run, stage.name, a) for stage in run.stages for a in attempts_of(session, stage)
                     if a.state in (AttemptState.QUEUED.value, AttemptState.RUNNING.value)]
         return view, live, catalogue

@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 # One call reads at most this much whatever `max_bytes` allows. Measured on the bench log: with 8 MiB
 # reads the daemon's read-and-scan loop ran ~1.3x slower than with 1 MiB ones, because a fresh multi-MiB
 # buffer per call, alive next to the caller's previous one, makes malloc hand memory back to the OS and
@@ -32,10 +30,18 @@ _TAIL_PROBE = 16 * 1024
 # memory speed (~0.14 s per GiB here, against ~0.33 s for the best pure-Python way, deleting with
 # bytes.replace), which is what brings the whole scan to grep's speed (bench/scan_bench.py).
 _LF, _CR = 0x0A, 0x0D
+# Below this, two bytes.count calls (~0.8 s per GiB, a few microseconds for the lines a log gains between
+# two passes) do, and numpy is imported only for the first large read: a daemon following logs that grow a
+# line at a time never loads it, which keeps ~12 MB out of its RSS (bench/daemon_load.py).
+_NUMPY_FROM = 64 * 1024
 
 
 def count_lines(data: bytes) -> int:
     """Logical line breaks in `data`: every `\\r` and every `\\n`."""
+    if len(data) < _NUMPY_FROM:
+        return data.count(b"\n") + data.count(b"\r")
+    import numpy as np
+
     view = np.frombuffer(data, dtype=np.uint8)
     return int(np.count_nonzero(view == _LF)) + int(np.count_nonzero(view == _CR))
 
@@ -55,6 +61,20 @@ def keep_chunk_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 16 << 20)) and bool(mallopt(m_trim_threshold, 64 << 20))
+
+
+def give_back_memory() -> bool:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim``), once a burst of allocations is over.
+
+    With :func:`keep_chunk_memory`'s thresholds glibc never trims by itself, so the tens of MB a Hyperscan
+    compile allocates and frees again would stay in the daemon's RSS. Returns False where it does not apply
+    (not glibc) or nothing could be given back.
+    """
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
 
 
 @dataclass(frozen=True)
