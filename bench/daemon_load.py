@@ -232,7 +232,7 @@ def main() -> int:
     finally:
         for name in names:
             try:
-                Supervisor(home).cancel_run(name)
+                Supervisor(home).commands.cancel_run(name)
             except Exception as exc:  # a run not registered yet, or already ended: nothing to cancel
                 print(f"cancel {name}: {exc}", file=sys.stderr)
         daemon.send_signal(signal.SIGTERM)

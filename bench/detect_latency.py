@@ -132,7 +132,7 @@ sleep 300
         sv.register(spec, "slurm")
 
     register("keeper", keeper)
-    sv.pause("keeper")
+    sv.commands.pause("keeper")
     env = {**os.environ, "SUPERVISOR_HOME": str(home)}
     daemon_log = root / "daemon.log"
     with daemon_log.open("wb") as out:

@@ -312,7 +312,7 @@ def supervisor_strategy(root: Path, plans: dict[str, dict[str, Any]], deadline_s
     finally:
         for name in names.values():
             if sv.show(name)["state"] not in ("succeeded", "failed", "cancelled"):
-                sv.cancel_run(name)
+                sv.commands.cancel_run(name)
         sv.tick()
     for run, name in names.items():
         data = sv.show(name)

@@ -77,7 +77,7 @@ def main() -> None:
         live = sum(1 for r in sv.status() if r["job_id"] and r["state"] in ("running", "pending"))
     finally:
         for name in names:
-            sv.cancel_run(name)
+            sv.commands.cancel_run(name)
 
     load = os.getloadavg()
     print(f"# {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; load average {load[0]:.2f} {load[1]:.2f} "

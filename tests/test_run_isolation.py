@@ -49,7 +49,7 @@ def test_a_run_that_breaks_its_tick_needs_attention_and_the_others_go_on(harness
         kinds = [e.kind for e in session.scalars(select(Event).where(Event.run_id == bad.id))]
     assert kinds.count("needs_attention") == 1
     # The user's way out stays open: the broken run can still be cancelled.
-    sv.cancel_run("bad")
+    sv.commands.cancel_run("bad")
     assert sv.show("bad")["state"] == "cancelled"
 
 

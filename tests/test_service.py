@@ -26,7 +26,7 @@ def registered(tmp_path: Path) -> tuple[Supervisor, RecordingCluster]:
 def test_decision_made_before_a_pause_is_not_carried_out(tmp_path: Path) -> None:
     sv, cluster = registered(tmp_path)
     decided: list[core.Action] = [core.SetRun(RunState.RUNNING), core.Submit("s", 1)]
-    sv.pause("r")  # lands between the decision (run pending) and its application
+    sv.commands.pause("r")  # lands between the decision (run pending) and its application
     assert sv.apply(1, RunState.PENDING, decided, {}) is False
     assert cluster.submitted == []
     data = sv.show("r")
@@ -44,7 +44,7 @@ def test_decision_applies_when_nothing_moved(tmp_path: Path) -> None:
 def test_cancel_between_decision_and_success_keeps_the_run_cancelled(tmp_path: Path) -> None:
     sv, _ = registered(tmp_path)
     sv.apply(1, RunState.PENDING, [core.SetRun(RunState.RUNNING)], {})
-    sv.cancel_run("r")
+    sv.commands.cancel_run("r")
     assert sv.apply(1, RunState.RUNNING, [core.SetRun(RunState.SUCCEEDED)], {}) is False
     assert sv.show("r")["state"] == "cancelled"
 
@@ -146,13 +146,13 @@ def test_a_log_wake_up_steps_only_the_runs_whose_new_lines_call_for_a_reaction(t
     register("new")  # no attempt yet: a wake-up pass submits it, as before
     ids = {r.name: r.id for r in sv.sessions().scalars(select(Run))}
 
-    assert sv.news() == [ids["oom"], ids["new"]]
+    assert sv.wakeups.news() == [ids["oom"], ids["new"]]
     sv.tick(poll=False)
     assert attempt("oom").cause == "cuda_oom"
     assert len(cluster.submitted) == 3
     quiet = attempt("progress")
     assert quiet.log_tail is None and quiet.progress_step is None  # left to the interval pass
-    assert sv.news() == []
+    assert sv.wakeups.news() == []
     sv.tick()
     read = attempt("progress")
     assert read.progress_step == 50 and read.log_tail is not None and read.last_output_at is not None

@@ -10,37 +10,33 @@ Each run is handled inside its own error boundary: an unexpected error becomes t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.app import campaigns
 from supervisor.app.clusters import Clusters
+from supervisor.app.commands import Commands
 from supervisor.app.contexts import context_for
 from supervisor.app.observe import NO_POLL, Observer, PollResult
 from supervisor.app.poll import Poller
 from supervisor.app.reconcile import reconcile_submitting
 from supervisor.app.submit import Submitter
+from supervisor.app.wakeups import WakeUps
 from supervisor.domain import core
-from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock, Cluster, SystemClock
-from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
-from supervisor.logs.follow import LogCursor, LogWatcher
-from supervisor.logs.scanner import Catalogue
-from supervisor.notify import RunChannels, deliver, send_test
+from supervisor.logs.follow import LogWatcher
+from supervisor.notify import RunChannels, deliver
 from supervisor.notify.queue import pending_count
 from supervisor.stages.datasets import prepared_dataset_present
-from supervisor.store import gates, readmodels, registration
+from supervisor.store import gates, readmodels
 from supervisor.store.db import open_database
-from supervisor.store.models import Attempt, Campaign, Run, Stage
+from supervisor.store.models import Run
 from supervisor.store.readmodels.rows import session_query
 from supervisor.store.repository import ACTIVE, POLLED, Effect, Repository
 
@@ -74,16 +70,10 @@ class Supervisor:
         self.submitter = Submitter(self.repo, self.clusters)
         self.poller = Poller(self.repo, self.clusters)
         self.observer = Observer(self.repo, self.clusters, self.logs)
+        self.commands = Commands(self)
         # Runs whose handling raised and that could not even be set aside: skipped until this tick number.
         self._quarantine: dict[int, tuple[int, int]] = {}
-        # Per active run, its name and `signatures:` (for the wake-up's peek at its logs).
-        self._signatures: dict[int, tuple[str, list[Mapping[str, Any]]]] = {}
-        # Every active run with its live attempts' logs (none: one row of NULLs). Built once: building the
-        # statement took a third of the query's time, and a wake-up pass runs it up to five times a second.
-        self._live_logs = (
-            select(Run.id, Attempt.log_path, Attempt.log_tail).select_from(Run).join(Stage)
-            .outerjoin(Attempt, and_(Attempt.stage_id == Stage.id, Attempt.state.in_(_POLLED)))
-            .where(Run.state.in_(_ACTIVE)).order_by(Run.id))
+        self.wakeups = WakeUps(self.sessions, self.logs)
         self._ticks = 0
 
     def now(self) -> datetime:
@@ -96,13 +86,13 @@ class Supervisor:
 
     def tick(self, *, poll: bool = True) -> TickReport:
         """One pass over every active run. ``poll=False`` (a log changed) asks no cluster, and steps only the
-        runs that :meth:`news` names: the others' new lines are read by the next interval pass."""
+        runs that ``WakeUps.news`` names (app/wakeups.py): the others' new lines are read by the next interval pass."""
         self._ticks += 1
         polled = NO_POLL
         if poll:
             self.reconcile_submitting()
             polled = self.poll()
-        run_ids = self.repo.active_run_ids() if poll else self.news()
+        run_ids = self.repo.active_run_ids() if poll else self.wakeups.news()
         run_ids = [r for r in run_ids if self._quarantine.get(r, (0, 0))[0] <= self._ticks]
         count = 0
         for run_id in run_ids:
@@ -118,40 +108,6 @@ class Supervisor:
             self.repo.settle_costs()
         except Exception:
             log.exception("settle_costs_failed")
-
-    def news(self) -> list[int]:
-        """The active runs a log wake-up steps: those with a live log whose new lines are worth a pass
-        (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
-        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. One query."""
-        with self.sessions() as session:
-            rows = session.execute(self._live_logs).all()
-        run_ids = list(dict.fromkeys(run_id for run_id, _, _ in rows))
-        self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
-        worth: set[int] = set()
-        logged: set[int] = set()
-        for run_id, path, tail in rows:
-            if not path or "%j" in path:
-                continue
-            logged.add(run_id)
-            if run_id in worth:
-                continue
-            try:
-                if self.logs.peek(LogCursor(path, tail, None), partial(self._catalogue, run_id)):
-                    worth.add(run_id)
-            except Exception:
-                # Stepped: its own pass runs inside its error boundary and reports the error there, once.
-                worth.add(run_id)
-        self.logs.forget_peeks(path for _, path, _ in rows if path)
-        return [r for r in run_ids if r in worth or r not in logged]
-
-    def _catalogue(self, run_id: int) -> Catalogue:
-        """The run's catalogue; its `signatures:` are read once (a registered run's spec never changes)."""
-        if run_id not in self._signatures:
-            with self.sessions() as session:
-                name, spec = session.execute(select(Run.name, Run.spec).where(Run.id == run_id)).one()
-            self._signatures[run_id] = (name, list(spec.get("signatures") or []))
-        name, entries = self._signatures[run_id]
-        return self.logs.catalogue(name, entries)
 
     def reconcile_submitting(self) -> None:
         """Attempts left in SUBMITTING by a crash: adopt the job if it exists, else submit it now."""
@@ -198,10 +154,10 @@ class Supervisor:
         effects = self.repo.apply(run_id, decided_in, actions, tails, self._backends(run_id, actions))
         if effects is None:
             return False
-        self._carry_out(effects)
+        self.carry_out(effects)
         return True
 
-    def _carry_out(self, effects: Sequence[Effect]) -> list[str]:
+    def carry_out(self, effects: Sequence[Effect]) -> list[str]:
         cancelled = []
         for effect in effects:
             if effect.kind == "cancel":
@@ -274,13 +230,7 @@ class Supervisor:
             return pending_count(session)
 
     def logs_grew(self) -> bool:
-        """Whether a live attempt's log changed since it was read: the daemon's test before a log-only pass
-        where inotify sees nothing (Lustre, GPFS, NFS). One read of the offsets, one ``stat`` per log."""
-        with self.sessions() as session:
-            cursors = [LogCursor(path, tail, None) for path, tail in session.execute(
-                select(Attempt.log_path, Attempt.log_tail).join(Stage).join(Run)
-                .where(Attempt.state.in_(_POLLED), Run.state.in_(_ACTIVE)))]
-        return self.logs.grown(cursors)
+        return self.wakeups.logs_grew()
 
     def live_log_dirs(self) -> set[Path]:
         return {w / "logs" for w in self.repo.live_workdirs()}
@@ -288,59 +238,10 @@ class Supervisor:
     # ---- commands (CLI) --------------------------------------------------------------------------
 
     def register(self, spec_path: Path, backend_default: str) -> str:
-        spec = load_spec(spec_path)
-        registration.register_run(self.repo, spec, spec_path, spec.backend or backend_default,
-                                  campaigns.shares_of(spec, spec_path))
-        return spec.name
+        return self.commands.register(spec_path, backend_default)
 
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:
-        """Register a run spec's run or a campaign spec's runs (all or none); their names."""
-        return campaigns.register(self.repo, campaigns.read(spec_path, backend_default))
-
-    def runs_of(self, name: str) -> tuple[str | None, list[str]]:
-        """``(None, [name])`` for a run; ``(name, its runs still active)`` for a campaign of that name (a run's
-        name wins where both exist). UserError when neither exists."""
-        with self.sessions() as session:
-            if session.scalar(select(Run.id).where(Run.name == name)) is not None:
-                return None, [name]
-            if session.scalar(select(Campaign.id).where(Campaign.name == name)) is None:
-                raise UserError(f"no run named {name!r}, nor a campaign (see `supervisor status`)")
-            return name, list(session.scalars(select(Run.name).where(
-                Run.campaign == name, Run.state.in_([*_ACTIVE, RunState.NEEDS_ATTENTION.value])).order_by(Run.id)))
-
-    def pause(self, name: str) -> bool:
-        """True if the run was paused now, False if it already was."""
-        return self._command(name, core.pause)
-
-    def resume(self, name: str) -> bool:
-        """True if the run was resumed now, False if it was not paused."""
-        return self._command(name, core.resume)
-
-    def retry(self, name: str) -> None:
-        self._command(name, core.retry)
-
-    def cancel_run(self, name: str) -> list[str]:
-        """Cancel a run and its live jobs. Returns the job ids cancelled."""
-        run_id, view = self._named(name)
-        actions = _decide(core.cancel, view)
-        effects = self.repo.apply(run_id, view.state, actions)
-        if effects is None:
-            raise UserError(f"run {name!r} changed state meanwhile; try again")
-        return self._carry_out(effects)
-
-    def _command(self, name: str, decide: Callable[[core.RunView], list[core.Action]]) -> bool:
-        run_id, view = self._named(name)
-        actions = _decide(decide, view)
-        if not actions:
-            return False
-        if not self.apply(run_id, view.state, actions):
-            raise UserError(f"run {name!r} changed state meanwhile; try again")
-        return True
-
-    def _named(self, name: str) -> tuple[int, core.RunView]:
-        with self.sessions() as session:
-            run = self.repo.run_named(session, name)
-            return run.id, self.repo.view(session, run)
+        return self.commands.submit(spec_path, backend_default)
 
     # ---- queries (CLI) ---------------------------------------------------------------------------
 
@@ -355,15 +256,3 @@ class Supervisor:
     def run_signatures(self, name: str) -> list[dict[str, Any]]:
         with self.sessions() as session:
             return list(self.repo.run_named(session, name).spec.get("signatures") or [])
-
-    def notify_test(self, name: str) -> dict[str, str | None]:
-        with self.sessions() as session:
-            run_id = self.repo.run_named(session, name).id
-        return send_test(name, self.channels(run_id), self.clock)
-
-
-def _decide(decide: Callable[[core.RunView], list[core.Action]], view: core.RunView) -> list[core.Action]:
-    try:
-        return decide(view)
-    except core.Refused as exc:
-        raise UserError(str(exc)) from None

@@ -58,7 +58,7 @@ def notify_test(
 
     with user_errors():
         try:
-            results = supervisor_obj().notify_test(name)
+            results = supervisor_obj().commands.notify_test(name)
         except NotifyConfigError as exc:
             fail(str(exc))
     if not results:

@@ -182,16 +182,16 @@ def cancel(name: Annotated[str, typer.Argument(help="Run or campaign name.", met
     """Cancel a run (or every active run of a campaign): live jobs leave the queue, nothing new is submitted."""
     with user_errors():
         sv = supervisor_obj()
-        _, names = sv.runs_of(name)
+        _, names = sv.commands.runs_of(name)
         for run in names:
-            jobs = sv.cancel_run(run)
+            jobs = sv.commands.cancel_run(run)
             out.print(f"cancelled {run}" + (f" (jobs {', '.join(jobs)})" if jobs else ""), markup=False)
 
 
 @app.command()
 def retry(name: Annotated[str, typer.Argument(help="Run name.", metavar="RUN")]) -> None:
     """Run the failed stage again with a fresh attempt budget."""
-    _simple(lambda s, n: s.retry(n), name, f"retrying {name}")
+    _simple(lambda s, n: s.commands.retry(n), name, f"retrying {name}")
 
 
 @app.command()
@@ -199,9 +199,9 @@ def pause(name: Annotated[str, typer.Argument(help="Run or campaign name.", meta
     """Stop new submissions of a run (or of every active run of a campaign); live jobs keep running, watched."""
     with user_errors():
         sv = supervisor_obj()
-        _, names = sv.runs_of(name)
+        _, names = sv.commands.runs_of(name)
         for run in names:
-            changed = sv.pause(run)
+            changed = sv.commands.pause(run)
             out.print(f"paused {run}" if changed else f"{run} is already paused", markup=False, highlight=False)
 
 
@@ -210,9 +210,9 @@ def resume(name: Annotated[str, typer.Argument(help="Run or campaign name.", met
     """Allow new submissions again (of a run, or of every paused run of a campaign)."""
     with user_errors():
         sv = supervisor_obj()
-        _, names = sv.runs_of(name)
+        _, names = sv.commands.runs_of(name)
         for run in names:
-            changed = sv.resume(run)
+            changed = sv.commands.resume(run)
             out.print(f"resumed {run}" if changed else f"{run} is not paused: nothing to resume", markup=False,
                       highlight=False)
 
