@@ -162,10 +162,9 @@ def fill_home(home: Path, runs: int, events_per_run: int, spec_dir: Path, *, set
             for start in range(0, len(rows), 20_000):
                 session.execute(insert(table), rows[start:start + 20_000])
     if settle:
-        from supervisor.domain.ports import SystemClock
-        from supervisor.store.repository import Repository
+        from supervisor.store.settlement import settle_costs
 
-        Repository(sessions, SystemClock()).settle_costs(limit=None)
+        settle_costs(sessions, limit=None)
 
 
 def measure(result: Result, cwd: Path, runs: int, baseline: list[str], argv_for: Any = None) -> Result:

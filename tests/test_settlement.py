@@ -14,6 +14,7 @@ from supervisor.app.service import Supervisor
 from supervisor.domain.core import AttemptChanges, UpdateAttempt
 from supervisor.domain.types import RunState
 from supervisor.store.models import Attempt, Event, Run
+from supervisor.store.settlement import settle_costs
 
 from fakes import ManualClock
 
@@ -54,7 +55,7 @@ def settled_columns(sv: Supervisor) -> list[tuple[int | None, int | None]]:
 def test_status_gives_the_same_node_hours_from_settled_costs_as_from_the_accounting(tmp_path: Path) -> None:
     sv = home_with_attempts(tmp_path)
     computed = sv.status()[0]["node_hours"]
-    assert sv.repo.settle_costs() == 2
+    assert settle_costs(sv.sessions) == 2
     assert [s is not None for s, _ in settled_columns(sv)] == [True, True, False], "the live one stays open"
     assert sv.status()[0]["node_hours"] == computed
     used, wasted = zip(*settled_columns(sv)[:2], strict=True)
@@ -64,7 +65,7 @@ def test_status_gives_the_same_node_hours_from_settled_costs_as_from_the_account
 
 def test_a_change_to_an_ended_attempt_settles_it_again(tmp_path: Path) -> None:
     sv = home_with_attempts(tmp_path)
-    sv.repo.settle_costs()
+    settle_costs(sv.sessions)
     with sv.sessions() as session:
         run_id = session.query(Run).one().id
     # The end time corrected (as a later sacct answer would): 2 h on 2 nodes instead of 1 h.

@@ -34,7 +34,7 @@ from supervisor.logs.follow import LogWatcher
 from supervisor.notify import RunChannels, deliver
 from supervisor.notify.queue import pending_count
 from supervisor.stages.datasets import prepared_dataset_present
-from supervisor.store import gates, readmodels
+from supervisor.store import gates, readmodels, settlement
 from supervisor.store.db import open_database
 from supervisor.store.models import Run
 from supervisor.store.readmodels.rows import session_query
@@ -105,7 +105,7 @@ class Supervisor:
         """Settle the cost of attempts that ended without it (a database from before settling): a few hundred
         per pass, so `status` sums them in SQL (store/settlement.py). Never fails the tick."""
         try:
-            self.repo.settle_costs()
+            settlement.settle_costs(self.sessions)
         except Exception:
             log.exception("settle_costs_failed")
 

@@ -263,11 +263,6 @@ class Repository:
                             .values(state=AttemptState.CANCELLED.value, ended_at=self.clock.now(),
                                     settled_used_s=None, settled_wasted_s=None))
 
-    def settle_costs(self, limit: int | None = 500) -> int:
-        """Settle the cost of attempts that ended without it (store/settlement.py); how many were."""
-        with self.sessions.begin() as session:
-            return settlement.settle_ended(session, limit)
-
     def needs_attention(self, run_id: int, reason: str) -> bool:
         """Take a run out of supervision until a person acts; False if it was no longer active."""
         with self.sessions.begin() as session:

@@ -9,7 +9,7 @@ time it is read. Any later change of the row clears them (``Repository.apply``),
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.domain import accounting
 from supervisor.domain.types import AttemptState, EventKind
@@ -39,6 +39,12 @@ def settle(session: Session, attempt: Attempt) -> bool:
     cost = accounting.cost(accounting_facts(row, stage.kind, hung=hung), attempt.ended_at)
     attempt.settled_used_s, attempt.settled_wasted_s = cost.used, cost.wasted
     return True
+
+
+def settle_costs(sessions: sessionmaker[Session], limit: int | None = 500) -> int:
+    """Settle, in one transaction, the cost of up to ``limit`` attempts that ended without it."""
+    with sessions.begin() as session:
+        return settle_ended(session, limit)
 
 
 def settle_ended(session: Session, limit: int | None = 500) -> int:
