@@ -20,10 +20,9 @@ from typing import Any
 
 import yaml
 
-from supervisor.app.campaigns import shares_of
-from supervisor.domain.campaign import is_campaign, load_campaign
+from supervisor.app import campaigns
 from supervisor.domain.errors import ClusterError, SupervisorError
-from supervisor.domain.spec import RunSpec, StageSpec, read_mapping, run_spec
+from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import SubmitRequest
 from supervisor.stages import StageContext, axolotl, kind_for
 
@@ -60,21 +59,17 @@ def plan(spec_path: Path, backend_default: str, cluster: Callable[[], ClusterFac
          ) -> dict[str, Any]:
     """The plan as a JSON-ready dictionary. SpecError for a spec ``submit`` would refuse."""
     spec_path = Path(spec_path)
-    data = read_mapping(spec_path, "a YAML mapping: a run (`name`, `stages`) or a campaign (`campaign`, `runs`)")
-    campaign = None
-    if is_campaign(data):
-        campaign, specs = load_campaign(spec_path, data)
-    else:
-        specs = [run_spec(spec_path, data)]
+    submitted = campaigns.read(spec_path, backend_default)  # exactly what `submit` validates
+    campaign = submitted.campaign
     facts = cluster() if cluster is not None else ClusterFacts(why_not=("the cluster was not asked (--offline)",))
     problems: list[dict[str, str | None]] = []
-    runs = [_run(spec, spec_path, spec.backend or backend_default, facts, problems) for spec in specs]
+    runs = [_run(spec, spec_path, submitted.backends[spec.name], facts, problems) for spec in submitted.specs]
     return {
         "spec": str(spec_path.resolve()),
         "campaign": campaign.campaign if campaign else None,
         **(campaign.settings() if campaign else {}),
         "runs": runs,
-        "shared_prepares": _shared(specs, spec_path),
+        "shared_prepares": _shared(submitted),
         "cluster": {"checked": facts.partitions is not None or facts.accounts is not None,
                     "partitions": sorted(facts.partitions) if facts.partitions is not None else None,
                     "not_checked": list(facts.why_not)},
@@ -169,13 +164,13 @@ def _cluster_problems(run: str, stage: StageSpec, facts: ClusterFacts) -> list[d
     return found
 
 
-def _shared(specs: list[RunSpec], spec_path: Path) -> list[dict[str, Any]]:
+def _shared(submitted: campaigns.Submitted) -> list[dict[str, Any]]:
     """Groups of two or more runs whose prepare stages prepare the same dataset: the first one prepares."""
     groups: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        for stage, (key, prepared) in shares_of(spec, spec_path).items():
+    for name in submitted.names:
+        for stage, (key, prepared) in submitted.shares[name].items():
             group = groups.setdefault(key, {"dataset_prepared_path": prepared, "runs": []})
-            group["runs"].append(f"{spec.name}.{stage}")
+            group["runs"].append(f"{name}.{stage}")
     return [{**g, "prepared_by": g["runs"][0]} for g in groups.values() if len(g["runs"]) > 1]
 
 
