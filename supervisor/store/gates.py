@@ -20,14 +20,13 @@ from typing import Any
 from supervisor.domain import accounting
 from supervisor.domain.core.views import Gate, SharedPrepare, Sharing
 from supervisor.domain.types import AttemptState, EventKind, RunState, StageKind, StageState
-from supervisor.store.readmodels.rows import ATTEMPT_SELECT, Query, accounting_facts, attempt_row
+from supervisor.store.readmodels.rows import ATTEMPT_SELECT, Query, accounting_facts, attempt_row, campaign_settings
 
 _LIVE = tuple(s.value for s in (AttemptState.SUBMITTING, AttemptState.QUEUED, AttemptState.RUNNING))
 _LIVE_IN = ", ".join("?" * len(_LIVE))
 _ACTIVE = tuple(s.value for s in (RunState.PENDING, RunState.RUNNING, RunState.PAUSED, RunState.NEEDS_ATTENTION))
 _ACTIVE_IN = ", ".join("?" * len(_ACTIVE))
 
-CAMPAIGN_SQL = "SELECT spec FROM campaigns WHERE name = ?"
 LIVE_JOBS_SQL = f"""
 SELECT COUNT(*) FROM attempts AS a JOIN stages AS s ON s.id = a.stage_id JOIN runs AS r ON r.id = s.run_id
 WHERE r.campaign = ? AND a.state IN ({_LIVE_IN})
@@ -149,15 +148,14 @@ def _hours(node_seconds: int) -> str:
 
 
 def gate_for(query: Query, run_id: int, campaign: str | None, run_budget: Any, now: datetime,
-             present: Callable[[Path], bool], campaign_spec: dict[str, Any] | None = None) -> Gate:
+             present: Callable[[Path], bool]) -> Gate:
     """The gate of one run: read its campaign, its budget and its prepares' peers."""
     prepare = {stage: shared for stage, (_, shared) in prepares_of(query, run_id, campaign, present).items()
                if shared is not None}
     over = over_budget(run_budget, spent(query, "run", run_id, now)) if run_budget else None
     announce, wait = True, None
     if campaign is not None:
-        if campaign_spec is None:
-            campaign_spec = next((_json(spec) for (spec,) in query(CAMPAIGN_SQL, (campaign,))), {})
+        campaign_spec = campaign_settings(query, campaign).get(campaign, {})
         if over is None and campaign_spec.get("budget"):
             over = over_budget(campaign_spec["budget"], spent(query, "campaign", campaign, now))
             if over is not None:
@@ -171,11 +169,3 @@ def gate_for(query: Query, run_id: int, campaign: str | None, run_budget: Any, n
                 wait = f"campaign {campaign}: {live} of max_live_jobs {cap} jobs live"
     return Gate(wait=wait, over_budget=over, announce_budget=announce, prepare=prepare)
 
-
-def _json(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        import json
-
-        loaded = json.loads(value)
-        return loaded if isinstance(loaded, dict) else {}
-    return value if isinstance(value, dict) else {}

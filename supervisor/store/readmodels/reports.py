@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 from supervisor.domain import accounting
 from supervisor.domain.types import AttemptState, EventKind, StageKind
 from supervisor.store.readmodels.rows import (
-    CAMPAIGNS_SQL,
     STAGES_SQL,
     AttemptRow,
     Query,
     accounting_facts,
     as_time,
     attempt_row,
+    campaign_settings,
     iso,
     session_query,
 )
@@ -169,10 +169,7 @@ def _report(
 def _campaigns(query: Query, costs: dict[str, list[accounting.AttemptCost]]) -> list[dict[str, Any]]:
     """Each campaign's node-hours (of its runs in the report) and, where it declares its allocation, the share
     of it they are: the team's "4.5 % -> 5.2 %" of a quota, printed by the supervisor."""
-    settings: dict[str, dict[str, Any]] = {}
-    for name, spec in query(CAMPAIGNS_SQL, ()):
-        loaded = json.loads(spec) if isinstance(spec, str) else spec
-        settings[name] = loaded if isinstance(loaded, dict) else {}
+    settings = campaign_settings(query)
     out = []
     for name in sorted(costs):
         totals = accounting.total(costs[name])

@@ -245,6 +245,19 @@ def queued_for_s(attempt: AttemptRow | None, now: datetime) -> int | None:
     return max(0, round((until - attempt.submitted_at).total_seconds()))
 
 
+def json_object(value: Any) -> dict[str, Any]:
+    """A JSON column's mapping: sqlite3 hands back text, SQLAlchemy's JSON type a dict; anything else is {}."""
+    loaded = json.loads(value) if isinstance(value, str) else value
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def campaign_settings(query: Query, name: str | None = None) -> dict[str, dict[str, Any]]:
+    """Each campaign's (or the one named) max_live_jobs, budget and allocation_node_hours, by name."""
+    if name is None:
+        return {campaign: json_object(spec) for campaign, spec in query(CAMPAIGNS_SQL, ())}
+    return {campaign: json_object(spec) for campaign, spec in query(CAMPAIGNS_SQL + " WHERE name = ?", (name,))}
+
+
 def session_query(session: Session) -> Query:
     """The same plain SQL through the Session's own connection (its transaction, its view of the data)."""
     def query(sql: str, params: Sequence[Any]) -> Iterable[Sequence[Any]]:

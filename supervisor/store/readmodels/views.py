@@ -13,7 +13,6 @@ from supervisor.store.readmodels.rows import (
     ACTIVE_STAGES_SQL,
     ALL_ATTEMPTS_SQL,
     CAMPAIGN_OF_SQL,
-    CAMPAIGNS_SQL,
     EVENTS_SQL,
     EXCLUDED_SQL,
     RUN_SQL,
@@ -29,6 +28,7 @@ from supervisor.store.readmodels.rows import (
     attempt_json,
     attempt_row,
     budget_of,
+    campaign_settings,
     cost_row,
     eta_of,
     iso,
@@ -124,14 +124,6 @@ def _show_prepares(query: Query, run_id: int, campaign: str | None, stages: list
         entry["prepare"] = {"dataset_prepared_path": prepared,
                             "shared_with": shared.run if shared else None,
                             "sharing": shared.state.value if shared else None}
-
-
-def campaign_settings(query: Query) -> dict[str, dict[str, Any]]:
-    settings = {}
-    for name, spec in query(CAMPAIGNS_SQL, ()):
-        loaded = json.loads(spec) if isinstance(spec, str) else spec
-        settings[name] = loaded if isinstance(loaded, dict) else {}
-    return settings
 
 
 def with_budgets(rows: list[dict[str, Any]], own: dict[str, Any],
