@@ -30,7 +30,6 @@ submit the merge.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -39,10 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import yaml
+from detect_latency import daemon_events, percentile, stamp  # this directory: run as bench/hang_to_merge.py
 
 from supervisor.app.logsetup import configure_logging
 from supervisor.app.service import Supervisor
@@ -73,27 +72,6 @@ WATCHDOG = (
     "timeout: WorkNCCL(SeqNum=264290, OpType=_ALLGATHER_BASE, NumelIn=54528000, NumelOut=218112000, "
     "Timeout(ms)=600000) ran for 600018 milliseconds before timing out."
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))  # nearest rank
-    return ordered[index]
-
-
-def daemon_events(log: Path) -> list[dict[str, object]]:
-    events = []
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events
-
-
-def stamp(value: object) -> float:
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def fake_training(root: Path, stamps: Path, watchdog_after: float | None, spread: float) -> tuple[Path, Path]:
