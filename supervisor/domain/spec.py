@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from supervisor.domain.core.views import FINISH_GRACE_S, MAX_EXCLUDED_NODES, PENDING_GRACE_S
+from supervisor.domain.defaults import FINISH_GRACE_S, MAX_EXCLUDED_NODES, PENDING_GRACE_S
 from supervisor.domain.durations import parse_duration
 from supervisor.domain.errors import SpecError
 from supervisor.domain.paths import directory_problem, file_problem

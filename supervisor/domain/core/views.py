@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from supervisor.domain.core.actions import Outcome
+from supervisor.domain.defaults import FINISH_GRACE_S, MAX_EXCLUDED_NODES, PENDING_GRACE_S
 from supervisor.domain.types import AttemptState, JobInfo, LogMatch, Progress, RunState, StageState
 
 # Causes of attempts the supervisor ended through no fault of the run: they use none of the stage's budget.
@@ -19,15 +20,6 @@ NOT_THE_RUNS_FAULT = frozenset({CANNOT_START, EXCLUSIONS_IN_THE_WAY})
 CUT_OFF_BY: dict[str, str] = {"slurm_time_limit": "time limit", "slurm_preempted": "preemption"}
 CUT_OFF_REASONS: dict[str, str] = {"TimeLimit": "time limit"}
 
-# How long a job may wait for a reason that never clears before a person is asked (spec `pending_grace`).
-PENDING_GRACE_S = 600.0
-
-# How long a job whose work is done (the final checkpoint complete) may stay quiet before it is ended as
-# finished (spec `finish_grace`): well inside the NCCL watchdog's 10 minutes of the end-of-training hang.
-FINISH_GRACE_S = 180.0
-
-# How many nodes one run may keep excluded at once (spec `max_excluded_nodes`); past it a person is told.
-MAX_EXCLUDED_NODES = 4
 
 
 class Refused(Exception):
