@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
+from supervisor.notify import build_channels
 from supervisor.notify.matrix import CONTENT_KEY
+from supervisor.notify.outbox import DeliveryPolicy, deliver, send_test
+from supervisor.notify.queue import undelivered
 from supervisor.store.models import ChannelState
 
 from fakes import ManualClock

@@ -14,7 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.domain.errors import NotifyConfigError, NotifyError
-from supervisor.notify import DeliveryPolicy, NotifyChannelSpec, build_channels, deliver, send_test, undelivered
+from supervisor.notify import NotifyChannelSpec, build_channels
+from supervisor.notify.outbox import DeliveryPolicy, deliver, send_test
+from supervisor.notify.queue import undelivered
 
 from fakes import ManualClock
 from notify_fixtures import LoopbackReceiver, add_event, clock, db, make_run, receiver

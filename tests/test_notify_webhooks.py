@@ -12,8 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.domain.ports import Channel
-from supervisor.notify import DeliveryPolicy, build_channels, deliver, send_test, undelivered
-from supervisor.notify.queue import idempotency_key
+from supervisor.notify import build_channels
+from supervisor.notify.outbox import DeliveryPolicy, deliver, send_test
+from supervisor.notify.queue import idempotency_key, undelivered
 from supervisor.store.models import OutboxEntry
 
 from fakes import DiesAfterSend, Interrupted, ManualClock

@@ -31,7 +31,7 @@ from supervisor.domain import core
 from supervisor.domain.ports import Clock, Cluster, SystemClock
 from supervisor.domain.types import RunState
 from supervisor.logs.follow import LogWatcher
-from supervisor.notify import RunChannels, deliver
+from supervisor.notify.outbox import RunChannels, deliver
 from supervisor.notify.queue import pending_count
 from supervisor.stages.datasets import prepared_dataset_present
 from supervisor.store import gates, readmodels, settlement

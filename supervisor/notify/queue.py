@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from supervisor.notify.config import NotifyChannelSpec, parse_specs
-from supervisor.notify.render import render
+from supervisor.notify.config import NotifyChannelSpec
+from supervisor.notify.entries import EventFacts, entries_for
 from supervisor.store.models import Event, OutboxEntry, Run
 
 PENDING = "pending"
@@ -48,36 +48,12 @@ def enqueue(
     """
     if event.id is None:
         raise ValueError("enqueue needs a flushed event (event.id is None)")
-    data = dict(event.data or {})
-    job_id = data.get("job_id")
-    entries: list[OutboxEntry] = []
-    for index, spec in enumerate(parse_specs(notify_specs)):
-        if not spec.wants(event.kind):
-            continue
-        message = render(
-            event.kind,
-            run.name,
-            event.stage,
-            event.attempt,
-            None if job_id is None else str(job_id),
-            event.message,
-            data,
-        )
-        message["events"] = [
-            {"id": event.id, "at": event.at.isoformat(), "stage": event.stage, "attempt": event.attempt}
-        ]
-        entry = OutboxEntry(
-            run_id=run.id,
-            channel=f"{index}:{spec.kind}",
-            event_id=event.id,
-            kind=event.kind,
-            payload=message,
-            state=PENDING,
-            tries=0,
-            created_at=event.at,
-        )
-        session.add(entry)
-        entries.append(entry)
+    facts = EventFacts(id=event.id, at=event.at, kind=event.kind, stage=event.stage, attempt=event.attempt,
+                       message=event.message, data=event.data or {})
+    entries = [OutboxEntry(run_id=run.id, channel=new.channel, event_id=event.id, kind=event.kind,
+                           payload=new.payload, state=PENDING, tries=0, created_at=event.at)
+               for new in entries_for(run.name, facts, notify_specs)]
+    session.add_all(entries)
     return entries
 
 

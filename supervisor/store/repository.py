@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from supervisor.domain import core
 from supervisor.domain.core.pending import reason_code
-from supervisor.domain.core.views import MAX_EXCLUDED_NODES
+from supervisor.domain.defaults import MAX_EXCLUDED_NODES
 from supervisor.domain.errors import UserError
 from supervisor.domain.ports import Clock
 from supervisor.domain.spec import RunSpec, StageSpec
 from supervisor.domain.types import AttemptState, EventKind, JobInfo, RunState, StageState
-from supervisor.notify import enqueue
+from supervisor.notify.queue import enqueue
 from supervisor.store import exclusions, settlement
 from supervisor.store.models import Attempt, Event, Run, Stage
 from supervisor.store.readmodels import attempt_facts, attempts_of
