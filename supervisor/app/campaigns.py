@@ -6,7 +6,9 @@ axolotl config as it is then (stages/datasets.py ``share_key``): runs whose keys
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from supervisor.domain.campaign import CampaignSpec, is_campaign, load_campaign
@@ -14,7 +16,6 @@ from supervisor.domain.spec import RunSpec, read_mapping, run_spec
 from supervisor.domain.types import StageKind
 from supervisor.stages import axolotl, datasets
 from supervisor.store import registration
-from supervisor.store.repository import Repository
 
 
 def shares_of(spec: RunSpec, spec_path: Path) -> dict[str, tuple[str, str]]:
@@ -56,14 +57,14 @@ def read(spec_path: Path, backend_default: str) -> Submitted:
                      {s.name: shares_of(s, spec_path) for s in specs}, campaign)
 
 
-def register(repo: Repository, submitted: Submitted) -> list[str]:
+def register(conn: sqlite3.Connection, now: datetime, submitted: Submitted) -> list[str]:
     """Register the run, or every run of the campaign (all or none); the names registered, in order."""
     if submitted.campaign is None:
         (spec,) = submitted.specs
-        registration.register_run(repo, spec, submitted.path, submitted.backends[spec.name],
+        registration.register_run(conn, now, spec, submitted.path, submitted.backends[spec.name],
                                   submitted.shares[spec.name])
     else:
         campaign = submitted.campaign
-        registration.register_campaign(repo, campaign.campaign, campaign.settings(), submitted.specs, submitted.path,
-                                       backend_of=submitted.backends, shares=submitted.shares)
+        registration.register_campaign(conn, now, campaign.campaign, campaign.settings(), submitted.specs,
+                                       submitted.path, backend_of=submitted.backends, shares=submitted.shares)
     return submitted.names

@@ -17,8 +17,9 @@ from supervisor.domain import core
 from supervisor.domain.errors import UserError
 from supervisor.domain.spec import load_spec
 from supervisor.domain.types import RunState
-from supervisor.notify import send_test
+from supervisor.notify.outbox import send_test
 from supervisor.store import registration
+from supervisor.store.db import plain_connection
 from supervisor.store.models import Campaign, Run
 from supervisor.store.repository import ACTIVE
 
@@ -34,13 +35,16 @@ class Commands:
 
     def register(self, spec_path: Path, backend_default: str) -> str:
         spec = load_spec(spec_path)
-        registration.register_run(self.sv.repo, spec, spec_path, spec.backend or backend_default,
-                                  campaigns.shares_of(spec, spec_path))
+        with plain_connection(self.sv.repo.sessions) as conn:
+            registration.register_run(conn, self.sv.repo.clock.now(), spec, spec_path,
+                                      spec.backend or backend_default, campaigns.shares_of(spec, spec_path))
         return spec.name
 
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:
         """Register a run spec's run or a campaign spec's runs (all or none); their names."""
-        return campaigns.register(self.sv.repo, campaigns.read(spec_path, backend_default))
+        submitted = campaigns.read(spec_path, backend_default)
+        with plain_connection(self.sv.repo.sessions) as conn:
+            return campaigns.register(conn, self.sv.repo.clock.now(), submitted)
 
     def runs_of(self, name: str) -> tuple[str | None, list[str]]:
         """``(None, [name])`` for a run; ``(name, its runs still active)`` for a campaign of that name (a run's

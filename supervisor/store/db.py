@@ -10,7 +10,6 @@ index is not shared between hosts, so the rollback journal is used there instead
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import errno
 import fcntl
@@ -19,7 +18,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,20 +27,28 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
-from supervisor.store.filesystem import filesystem_of
+from supervisor.store.sqlitefile import (
+    BUSY_TIMEOUT_MS,
+    DB_NAME,
+    JOURNAL_ENV,
+    JOURNAL_MODES,
+    chosen_journal_mode,
+    configure,
+    default_journal_mode,
+    head_revision,
+)
 from supervisor.store.statedir import make_private_dir
+
+__all__ = ["BUSY_TIMEOUT_MS", "DB_NAME", "JOURNAL_ENV", "JOURNAL_MODES", "create_db_engine", "current_revision",
+           "head_revision", "journal_mode_for", "migrate", "migration_lock", "open_database",
+           "plain_connection", "transactional_ddl_engine"]
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 log = structlog.get_logger("supervisor.store.db")
 
-DB_NAME = "supervisor.db"
 MIGRATE_LOCK_NAME = "supervisor.migrate.lock"
-JOURNAL_ENV = "SUPERVISOR_SQLITE_JOURNAL"
-JOURNAL_MODES = ("wal", "delete")
-# The CLI and the daemon write the same file: a writer waits this long for the other one's commit.
-BUSY_TIMEOUT_MS = 30_000
 # Migrating a few tables takes well under a second; a holder this slow is stuck (stopped with Ctrl-Z?).
 MIGRATE_LOCK_TIMEOUT_S = 120.0
 
@@ -54,36 +60,6 @@ def _alembic_config(engine: Engine) -> Config:
     cfg.set_main_option("script_location", str(resources.files("migrations")))
     cfg.attributes["engine"] = engine
     return cfg
-
-
-def _assigned(source: str, name: str) -> object:
-    """The literal assigned to ``name`` at the top level of a migration file (absent: ``...``)."""
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            with contextlib.suppress(ValueError):
-                return ast.literal_eval(node.value)
-    return ...
-
-
-def head_revision(versions: Traversable | None = None) -> str | None:
-    """The head revision, from the migration files' ``revision``/``down_revision`` (no Alembic import).
-
-    None when they do not form one line (a branch, a merge, a computed value): Alembic then decides.
-    """
-    folder = versions or resources.files("migrations") / "versions"
-    parents: dict[str, object] = {}
-    for entry in folder.iterdir():
-        if not entry.name.endswith(".py") or entry.name.startswith("_"):
-            continue
-        source = entry.read_text()
-        revision = _assigned(source, "revision")
-        if not isinstance(revision, str):
-            return None
-        parents[revision] = _assigned(source, "down_revision")
-    if any(p is not None and not isinstance(p, str) for p in parents.values()):
-        return None  # a merge (a tuple of parents) or something unreadable
-    heads = set(parents) - set(parents.values())
-    return heads.pop() if len(heads) == 1 else None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -98,26 +74,20 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def _on_connect(journal_mode: str) -> Any:
-    def configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        # NORMAL is durable with WAL; the rollback journal needs FULL not to risk the file on a crash.
-        cur.execute("PRAGMA synchronous = " + ("NORMAL" if journal_mode == "wal" else "FULL"))
-        cur.close()
+    def on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        configure(dbapi_conn, journal_mode)
 
-    return configure
+    return on_connect
 
 
 def journal_mode_for(path: Path) -> str:
     """``SUPERVISOR_SQLITE_JOURNAL`` if set, else WAL unless ``path`` lies on a network filesystem."""
-    chosen = os.environ.get(JOURNAL_ENV, "").strip().lower()
-    if chosen in JOURNAL_MODES:
+    chosen, raw = chosen_journal_mode()
+    if chosen is not None:
         return chosen
-    if chosen:
-        log.warning("journal_mode_ignored", variable=JOURNAL_ENV, value=chosen, expected=list(JOURNAL_MODES))
-    mount = filesystem_of(path)
-    return "delete" if mount is not None and mount.network else "wal"
+    if raw:
+        log.warning("journal_mode_ignored", variable=JOURNAL_ENV, value=raw, expected=list(JOURNAL_MODES))
+    return default_journal_mode(path)
 
 
 def _set_journal_mode(engine: Engine, wanted: str) -> None:
@@ -216,6 +186,20 @@ def migrate(engine: Engine) -> None:
                 command.upgrade(cfg, "head")
         finally:
             ddl.dispose()
+
+
+@contextlib.contextmanager
+def plain_connection(sessions: sessionmaker[Session]) -> Iterator[sqlite3.Connection]:
+    """The ``sqlite3`` connection under one of the engine's, for code written in plain SQL (registration)."""
+    bound = sessions.kw["bind"]
+    assert isinstance(bound, Engine)
+    pooled = bound.raw_connection()
+    try:
+        conn = pooled.driver_connection
+        assert isinstance(conn, sqlite3.Connection)
+        yield conn
+    finally:
+        pooled.close()
 
 
 def _empty_database() -> sessionmaker[Session]:

@@ -38,9 +38,10 @@ app.add_typer(notify_app, name="notify")
 DEFAULT_HOME = Path("~/.local/state/supervisor")
 # Commands whose output *is* a log (tmux, scrontab): their info lines are shown unless --log-level says less.
 LOGGING_COMMANDS = {"daemon", "tick"}
-# Commands that read the database file with sqlite3 (store/readmodels) and log nothing: their logging is
-# configured only if they fall back to the service, which logs (structlog costs them 0.07 s to import).
-QUIET_COMMANDS = frozenset({"status", "show", "logs"})
+# Commands that read the database file with sqlite3 (store/readmodels), or register with plain SQL (`submit`),
+# and log nothing: their logging is configured only if they fall back to the service or to SQLAlchemy, which
+# log (structlog costs them 0.07 s to import).
+QUIET_COMMANDS = frozenset({"status", "show", "logs", "submit"})
 DISK_FULL_EXIT = 1
 # Rich leaves colour out when the stream is not a terminal (and honours NO_COLOR).
 out = Console(soft_wrap=True)

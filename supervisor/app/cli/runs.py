@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -40,13 +41,22 @@ def submit(spec: Annotated[Path, typer.Argument(
     from supervisor.app import campaigns
     from supervisor.backends import default_backend
     from supervisor.domain.ports import SystemClock
-    from supervisor.store.db import open_database
-    from supervisor.store.repository import Repository
+    from supervisor.store.sqlitefile import connect_at_head
 
-    logging_on()
     with user_errors():
         submitted = campaigns.read(spec, default_backend())  # before the database: a bad spec writes nothing
-        names = campaigns.register(Repository(open_database(state.home), SystemClock()), submitted)
+        now = SystemClock().now()
+        # A database at head takes the registration's plain SQL directly: no SQLAlchemy, no logging set-up.
+        conn = connect_at_head(state.home)
+        if conn is not None:
+            with contextlib.closing(conn):
+                names = campaigns.register(conn, now, submitted)
+        else:
+            logging_on()
+            from supervisor.store.db import open_database, plain_connection
+
+            with plain_connection(open_database(state.home)) as conn:
+                names = campaigns.register(conn, now, submitted)
     for name in names:
         out.print(name, markup=False, highlight=False)
 

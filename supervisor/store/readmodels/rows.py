@@ -12,6 +12,7 @@ from supervisor.domain.errors import UserError
 from supervisor.domain.eta import eta, step_rate
 from supervisor.domain.hostlist import count_hosts
 from supervisor.domain.types import AttemptState, StageKind
+from supervisor.store.sqlitefile import BUSY_TIMEOUT_MS, DB_NAME
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -24,12 +25,9 @@ if TYPE_CHECKING:
 _TRAIN, _QUEUED, _SUBMITTING = StageKind.TRAIN.value, AttemptState.QUEUED.value, AttemptState.SUBMITTING.value
 
 
-# store.db.DB_NAME: importing that module would import SQLAlchemy (a test keeps the two equal).
-DB_FILE = "supervisor.db"
-
-
-# A reader waits this long for a writer's commit, as every other connection does (store.db.BUSY_TIMEOUT_MS).
-BUSY_TIMEOUT_S = 30.0
+DB_FILE = DB_NAME
+# A reader waits for a writer's commit as long as every other connection does.
+BUSY_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000
 
 
 Query = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
