@@ -16,7 +16,7 @@ import yaml
 from supervisor.domain.errors import StageError
 from supervisor.domain.spec import StageSpec
 from supervisor.domain.types import Progress, StageKind
-from supervisor.stages import REGISTRY, kind_for
+from supervisor.stages import kind_for, registry
 from supervisor.stages.base import StageContext, Submission
 from supervisor.stages.context import load_axolotl_config
 from supervisor.stages.merge import MERGE_READY, MergePlan, plan_merge
@@ -43,9 +43,9 @@ def succeeded(c: StageContext, exit_code: int | None, log_tail: str) -> bool:
 
 
 def test_registry_has_one_kind_per_stage_kind() -> None:
-    assert set(REGISTRY) == set(StageKind)
+    assert set(registry()) == set(StageKind)
     assert all(kind_for(key).kind is key for key in StageKind)
-    assert len({id(k) for k in REGISTRY.values()}) == len(StageKind)
+    assert len({id(k) for k in registry().values()}) == len(StageKind)
 
 
 def test_where_each_kind_runs() -> None:

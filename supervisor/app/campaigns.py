@@ -10,12 +10,15 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from supervisor.domain.campaign import CampaignSpec, is_campaign, load_campaign
-from supervisor.domain.spec import RunSpec, read_mapping, run_spec
+from supervisor.domain.spec import RunSpec, is_campaign, read_mapping, run_spec
 from supervisor.domain.types import StageKind
 from supervisor.stages import axolotl, datasets
 from supervisor.store import registration
+
+if TYPE_CHECKING:
+    from supervisor.domain.campaign import CampaignSpec
 
 
 def shares_of(spec: RunSpec, spec_path: Path) -> dict[str, tuple[str, str]]:
@@ -50,6 +53,8 @@ def read(spec_path: Path, backend_default: str) -> Submitted:
     data = read_mapping(spec_path, "a YAML mapping: a run (`name`, `stages`) or a campaign (`campaign`, `runs`)")
     campaign = None
     if is_campaign(data):
+        from supervisor.domain.campaign import load_campaign  # its models are built only for a campaign
+
         campaign, specs = load_campaign(spec_path, data)
     else:
         specs = [run_spec(spec_path, data)]

@@ -21,9 +21,16 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from supervisor.domain.errors import SpecError
-from supervisor.domain.spec import NAME_RE, Budget, Count, RunSpec, _first_error, _Strict, read_mapping, run_spec
-
-CAMPAIGN_KEY = "campaign"
+from supervisor.domain.spec import (
+    NAME_RE,
+    Budget,
+    Count,
+    RunSpec,
+    _first_error,
+    _Strict,
+    read_mapping,
+    run_spec,
+)
 
 
 class Matrix(_Strict):
@@ -68,10 +75,6 @@ class CampaignSpec(_Strict):
 def _matrix_name(campaign: str, config: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", config.stem).strip("-.") or "run"
     return f"{campaign}-{stem}"[:64]
-
-
-def is_campaign(data: dict[str, Any]) -> bool:
-    return CAMPAIGN_KEY in data
 
 
 def load_campaign(path: Path, data: dict[str, Any] | None = None) -> tuple[CampaignSpec, list[RunSpec]]:

@@ -242,6 +242,15 @@ def parse_yaml(text: str) -> tuple[Any, str, str]:
         return None, "", "invalid YAML: nested too deeply"
 
 
+# The key that makes a spec file a campaign (domain/campaign.py), told apart here so that reading a run
+# spec does not build the campaign models.
+CAMPAIGN_KEY = "campaign"
+
+
+def is_campaign(data: Mapping[str, Any]) -> bool:
+    return CAMPAIGN_KEY in data
+
+
 def read_mapping(path: Path, expected: str = "a YAML mapping with `name` and `stages`") -> dict[str, Any]:
     """The YAML mapping in ``path``; SpecError (one line naming the file and where) for anything else."""
     path = Path(path)

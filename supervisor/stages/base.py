@@ -1,6 +1,6 @@
 """The interface every stage kind implements, and the values passed to it.
 
-A kind is chosen from :data:`supervisor.stages.REGISTRY` by :class:`~supervisor.domain.types.StageKind`;
+A kind is chosen from :func:`supervisor.stages.registry` by :class:`~supervisor.domain.types.StageKind`;
 nothing outside that registry compares a kind. The service calls the hooks around one attempt:
 ``prepare`` before submitting it (the only hook with side effects), ``work_finished``/``last_saved``
 while it runs, ``succeeded`` once its job has ended, ``progress`` on new log text.
