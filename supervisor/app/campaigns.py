@@ -73,3 +73,13 @@ def register(conn: sqlite3.Connection, now: datetime, submitted: Submitted) -> l
         registration.register_campaign(conn, now, campaign.campaign, campaign.settings(), submitted.specs,
                                        submitted.path, backend_of=submitted.backends, shares=submitted.shares)
     return submitted.names
+
+
+def log_registered(names: list[str], spec_path: Path) -> None:
+    """The `registered` log lines the ORM's event writer used to print (the plain registration logs nothing:
+    `submit` imports structlog only when the log level asks for them)."""
+    import structlog
+
+    log = structlog.get_logger("supervisor")
+    for name in names:
+        log.info("registered", run=name, message=f"run {name} registered from {spec_path}")

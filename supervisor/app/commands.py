@@ -38,13 +38,16 @@ class Commands:
         with plain_connection(self.sv.repo.sessions) as conn:
             registration.register_run(conn, self.sv.repo.clock.now(), spec, spec_path,
                                       spec.backend or backend_default, campaigns.shares_of(spec, spec_path))
+        campaigns.log_registered([spec.name], spec_path)
         return spec.name
 
     def submit(self, spec_path: Path, backend_default: str) -> list[str]:
         """Register a run spec's run or a campaign spec's runs (all or none); their names."""
         submitted = campaigns.read(spec_path, backend_default)
         with plain_connection(self.sv.repo.sessions) as conn:
-            return campaigns.register(conn, self.sv.repo.clock.now(), submitted)
+            names = campaigns.register(conn, self.sv.repo.clock.now(), submitted)
+        campaigns.log_registered(names, spec_path)
+        return names
 
     def runs_of(self, name: str) -> tuple[str | None, list[str]]:
         """``(None, [name])`` for a run; ``(name, its runs still active)`` for a campaign of that name (a run's

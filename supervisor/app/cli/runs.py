@@ -57,6 +57,9 @@ def submit(spec: Annotated[Path, typer.Argument(
 
             with plain_connection(open_database(state.home)) as conn:
                 names = campaigns.register(conn, now, submitted)
+    if state.log_level in ("debug", "info"):
+        logging_on()
+        campaigns.log_registered(names, spec)
     for name in names:
         out.print(name, markup=False, highlight=False)
 
