@@ -19,6 +19,7 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from supervisor.app.diskfull import disk_full_at
 from supervisor.app.service import Supervisor
 from supervisor.domain.errors import AlreadyRunning
 from supervisor.domain.policy import Backoff
@@ -177,6 +178,10 @@ class Daemon:
         the traceback is logged once, the same error again only as a count, and the next pass waits."""
         self._failures += 1
         error = f"{type(exc).__name__}: {exc}"
+        where = disk_full_at(exc, self.supervisor.home)
+        if where is not None:
+            # The line the CLI prints too: which filesystem to free, not SQLite's words for it.
+            error = f"disk full at {where} ({error})"
         if error != self._last_error:
             log.exception("tick_failed", error=error)
             self._last_error = error

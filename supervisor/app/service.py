@@ -220,9 +220,15 @@ class Supervisor:
     def flush_outbox(self) -> None:
         try:
             deliver(self.sessions, self.channels, self.clock)
-        except Exception:
+        except Exception as exc:
             # Notifications must never stop the supervision itself; the outbox keeps what was not sent.
-            log.exception("outbox_flush_failed")
+            from supervisor.app.diskfull import disk_full_at
+
+            where = disk_full_at(exc, self.home)
+            if where is None:
+                log.exception("outbox_flush_failed")
+            else:  # every few seconds until there is room: one line each, not a traceback
+                log.warning("outbox_flush_failed", error=f"disk full at {where}")
 
     def pending_notifications(self) -> int:
         """Outbox entries that are neither delivered nor given up on."""
