@@ -58,15 +58,16 @@ WARNING = re.compile(r'"level":\s*"(warning|error|critical)"|\[(warning|error|cr
 
 
 def timed_clients(root: Path) -> tuple[dict[str, str], Path]:
-    """Shims in front of the SLURM clients that append ``<epoch> <client> <rc>`` to a log per call."""
+    """Shims in front of the SLURM clients that append ``<end epoch> <client> <rc> <start epoch>`` to a log
+    per call."""
     shim, log = root / "timedbin", root / "clients.log"
     shim.mkdir()
     for client in CLIENTS:
         real = shutil.which(client)
         if real is None:
             raise SystemExit(f"{client} is not installed")
-        (shim / client).write_text(f'#!/bin/bash\n{real} "$@"\nrc=$?\n'
-                                   f'echo "$(date +%s.%N) {client} $rc" >> {log}\nexit $rc\n')
+        (shim / client).write_text(f'#!/bin/bash\nt0=$(date +%s.%N)\n{real} "$@"\nrc=$?\n'
+                                   f'echo "$(date +%s.%N) {client} $rc $t0" >> {log}\nexit $rc\n')
         (shim / client).chmod(0o755)
     return {"PATH": f"{shim}:{os.environ.get('PATH', '')}"}, log
 
@@ -76,7 +77,7 @@ def client_calls(log: Path) -> list[tuple[float, str, int]]:
         return []
     calls = []
     for line in log.read_text().splitlines():
-        at, client, rc = line.split()
+        at, client, rc = line.split()[:3]
         calls.append((float(at), client, int(rc)))
     return calls
 
@@ -111,7 +112,7 @@ def main() -> int:
     window_start = datetime.now(UTC) - timedelta(seconds=5)
     started = time.monotonic()
     ctld_down = False
-    stopped_at = restarted_at = 0.0
+    stopped_at = restarted_at = answering_at = 0.0
     log_at_stop = log_at_restart = 0
     daemon_up_through = False
     code: int | None = None
@@ -134,8 +135,9 @@ def main() -> int:
         daemon_up_through = daemon.poll() is None
         log_at_restart = h.daemon_log.stat().st_size
         outage = time.time() - stopped_at
-        cluster("start-ctld")
-        ctld_down, restarted_at = False, time.time()
+        restarted_at = time.time()
+        cluster("start-ctld")  # returns once slurmctld answers
+        ctld_down, answering_at = False, time.time()
         print(f"slurmctld started at {datetime.now(UTC):%H:%M:%S} after {outage:.0f}s; daemon "
               f"{'up' if daemon_up_through else 'DOWN'}", flush=True)
         h.wait_for(lambda: all(r["state"] in TERMINAL for r in h.status()), FINISH_TIMEOUT_S, "every run to end")
@@ -162,8 +164,9 @@ def main() -> int:
     f = found.figures
     print()
     print(f"outage              {outage:.0f}s (slurmctld stopped, state dir kept)")
-    print(f"first poll after    {f'{first_ok - restarted_at:.1f}s' if first_ok else 'none'} "
-          "(slurmctld restart to the daemon's first successful squeue)")
+    print(f"first poll after    {f'{first_ok - restarted_at:.1f}s' if first_ok else 'none'} from start-ctld run to "
+          f"the end of the daemon's first successful squeue ({answering_at - restarted_at:.1f}s until "
+          "slurmctld answered start-ctld's check)")
     print(f"client calls down   {len(during)} ({sum(rc != 0 for _, _, rc in during)} failed; "
           f"{', '.join(f'{k} {v}' for k, v in Counter(c for _, c, _ in during).most_common())})")
     print(f"warnings in outage  {len(warnings)} daemon log lines at warning or above "
