@@ -45,7 +45,9 @@ from reliability_kill import (
     Sinks,
     check,
     cluster_jobs,
+    load_average,
     pending_outbox,
+    print_problems,
     run_spec,
 )
 
@@ -179,15 +181,11 @@ def main() -> int:
     print(f"webhook             {len(sinks.receiver.received)} documents received "
           f"({f['redelivered (same id)']} again with the same id), {f['outbox entries webhook']} outbox entries")
     print(f"wall time           {wall:.0f}s")
-    print(f"load average        {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average        {load_average()}")
     print()
-    for what, items in found.problems.items():
-        print(f"{what:28s}{len(items)}")
-        for item in items:
-            print(f"    {item}")
-    print(f"state directory and daemon log: {root}")
-    ok = daemon_up_through and code == 0 and all(not items for items in found.problems.values())
-    print("PASS" if ok else "FAIL")
+    ok = print_problems({**found.problems,
+                         "daemon died in the outage": [] if daemon_up_through else ["not running after the outage"],
+                         "daemon exit": [] if code == 0 else [f"exit code {code}"]}, root)
     return 0 if ok else 1
 
 

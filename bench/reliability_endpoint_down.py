@@ -202,7 +202,7 @@ def report(c: rk.Campaign, found: rk.Findings, entries: list[OutboxEntry], durin
           f"{f['matrix txnIds']} txnIds ({f['same-txnId resends']} same-txnId resends)")
     print(f"events                   {f['events']} ({f['notifying events']} of notifying kinds); jobs {f['jobs']}")
     print(f"wall time                {wall:.0f}s; daemon exited {code}")
-    print(f"load average             {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average             {rk.load_average()}")
     print()
     extra: dict[str, list[Any]] = {
         "no transition during the outage": [] if during else ["0 events recorded between down and up"],
@@ -210,14 +210,7 @@ def report(c: rk.Campaign, found: rk.Findings, entries: list[OutboxEntry], durin
         "access token in the daemon log": [line[:160] for line in leaks],
         "daemon exit": [] if code == 0 else [f"exit code {code}"],
     }
-    for what, items in [*found.problems.items(), *extra.items()]:
-        print(f"{what:34s}{len(items)}")
-        for item in items:
-            print(f"    {item}")
-    print(f"state directory and daemon log: {c.h.root}")
-    ok = all(not items for items in found.problems.values()) and all(not items for items in extra.values())
-    print("PASS" if ok else "FAIL")
-    return ok
+    return rk.print_problems({**found.problems, **extra}, c.h.root, width=34)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,35 @@ MATRIX_TOKEN_ENV = "MATRIX_TOKEN"
 SEND_PATH = "/send/m.room.message/"
 
 
+def serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """``handler`` served on a free loopback port from a daemon thread; the server and its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def shut(server: ThreadingHTTPServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def print_problems(problems: dict[str, list[Any]], root: Path, width: int = 28) -> bool:
+    """Each count with its items, the state directory, PASS or FAIL; True when every count is 0."""
+    for what, items in problems.items():
+        print(f"{what:{width}s}{len(items)}")
+        for item in items:
+            print(f"    {item}")
+    print(f"state directory and daemon log: {root}")
+    ok = all(not items for items in problems.values())
+    print("PASS" if ok else "FAIL")
+    return ok
+
+
 @dataclass
 class Receiver:
     """A loopback webhook receiver (as tests/notify_fixtures.py's) that takes ``delay_s`` to answer.
@@ -151,15 +180,11 @@ class Receiver:
                     with receiver._lock:
                         receiver.in_flight -= 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server, self.url = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        shut(self._server)
 
 
 @dataclass
@@ -229,15 +254,11 @@ class Relay:
                     with relay._lock:
                         relay.in_flight -= 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server, self.url = serve(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        shut(self._server)
 
 
 FORWARDED = ("authorization", "content-type", "user-agent", "accept")
@@ -670,16 +691,9 @@ def report(c: Campaign, found: Findings, kills: int, wall: float, kill_phase: fl
               f"{f['txnIds answered with two event ids']} txnIds answered with two event ids)")
     print(f"adopted after kill  {adopted} (a job found on the cluster for an attempt left submitting)")
     print(f"wall time           {wall:.0f}s (kill phase {kill_phase:.0f}s); last daemon exited {code}")
-    print(f"load average        {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average        {load_average()}")
     print()
-    for what, items in found.problems.items():
-        print(f"{what:28s}{len(items)}")
-        for item in items:
-            print(f"    {item}")
-    print(f"state directory and daemon log: {c.h.root}")
-    ok = all(not items for items in found.problems.values())
-    print("PASS" if ok else "FAIL")
-    return ok
+    return print_problems(found.problems, c.h.root)
 
 
 def start_sinks(channel: str, answer_delay: float, root: Path, venv: Path) -> Sinks:
