@@ -36,6 +36,7 @@ from supervisor.store.sqlitefile import (
     configure,
     default_journal_mode,
     head_revision,
+    recorded_revision,
 )
 from supervisor.store.statedir import make_private_dir
 
@@ -64,13 +65,20 @@ def _alembic_config(engine: Engine) -> Config:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision recorded in the database; None for a new one (no ``alembic_version`` table yet)."""
-    with engine.connect() as conn:
-        has_table = conn.exec_driver_sql(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").first()
-        if has_table is None:
-            return None
-        row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
-        return None if row is None else str(row[0])
+    with _driver_connection(engine) as conn:
+        return recorded_revision(conn)
+
+
+@contextlib.contextmanager
+def _driver_connection(engine: Engine) -> Iterator[sqlite3.Connection]:
+    """The ``sqlite3`` connection under one of the engine's pooled connections."""
+    pooled = engine.raw_connection()
+    try:
+        conn = pooled.driver_connection
+        assert isinstance(conn, sqlite3.Connection)
+        yield conn
+    finally:
+        pooled.close()
 
 
 def _on_connect(journal_mode: str) -> Any:
@@ -193,13 +201,8 @@ def plain_connection(sessions: sessionmaker[Session]) -> Iterator[sqlite3.Connec
     """The ``sqlite3`` connection under one of the engine's, for code written in plain SQL (registration)."""
     bound = sessions.kw["bind"]
     assert isinstance(bound, Engine)
-    pooled = bound.raw_connection()
-    try:
-        conn = pooled.driver_connection
-        assert isinstance(conn, sqlite3.Connection)
+    with _driver_connection(bound) as conn:
         yield conn
-    finally:
-        pooled.close()
 
 
 def _empty_database() -> sessionmaker[Session]:
