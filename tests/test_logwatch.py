@@ -92,6 +92,7 @@ class CountingCatalogue:
 
     def __init__(self) -> None:
         self.catalogue = Catalogue.load()
+        self.names_nodes = self.catalogue.names_nodes
         self.scanned = 0
 
     def scan_chunk(self, data: bytes, first_line: int) -> ScanResult:
@@ -127,6 +128,33 @@ def test_peek_reads_each_new_line_once_and_says_when_the_run_needs_a_pass(tmp_pa
     assert watcher.peek(read_up_to, lambda: catalogue) is False
     assert watcher.peek(LogCursor(str(tmp_path / "none.log"), None, None), lambda: catalogue) is False
     assert watcher.peek(LogCursor("train-%j.log", None, None), lambda: catalogue) is False
+
+
+# The order a loaded 3-node job printed them in (CI, 2026-12-03): the batch host's line first, srun's later.
+STEPD_NODE_FAILURE = ("slurmstepd-node01: error: *** JOB 239 ON node01 CANCELLED AT 2026-12-03T09:33:55 DUE TO "
+                      "NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***\n")
+SRUN_NODE_FAILURE = "srun: error: Node failure on node02\n"
+
+
+def test_a_node_failure_line_naming_no_node_waits_for_the_line_that_names_it(tmp_path: Path) -> None:
+    log = tmp_path / "train-1-L1.log"
+    log.write_text("node01 up\nnode02 up\nnode03 up\n" + STEPD_NODE_FAILURE)
+    watcher = LogWatcher()
+    catalogue = watcher.catalogue("r", [])
+    cursor = LogCursor(str(log), None, None)
+    assert watcher.peek(cursor, lambda: catalogue) is False  # a pass now would not know which node died
+    with log.open("a") as out:
+        out.write(SRUN_NODE_FAILURE)
+    assert watcher.peek(cursor, lambda: catalogue) is True
+    seen = watcher.read(catalogue, cursor, kind_for(StageKind.SCRIPT).progress)
+    cause = verdict.read(seen.matches).cause
+    assert cause is not None and (cause.signature, cause.line, cause.node) == ("slurm_node_failure", 4, "node02")
+    # Alone, the line still decides at the interval pass (which asks the scheduler which node is down).
+    assert not worth_a_pass(scanned(STEPD_NODE_FAILURE), 200, catalogue.names_nodes)
+    # A fault no line of its signature names a node for (an ECC error) needs no waiting.
+    assert worth_a_pass(scanned("RuntimeError: CUDA error: uncorrectable ECC error encountered\n"), 80,
+                        catalogue.names_nodes)
+    assert verdict.read(scanned(STEPD_NODE_FAILURE)).cause is not None
 
 
 def test_peek_of_a_chatty_log_asks_for_a_pass_once_enough_is_unread(tmp_path: Path) -> None:

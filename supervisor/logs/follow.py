@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from supervisor.domain import verdict
-from supervisor.domain.types import LogMatch, Progress
+from supervisor.domain.types import LogMatch, Progress, SignatureAction
 from supervisor.logs.progress import last_loss
 from supervisor.logs.scanner import Catalogue
 from supervisor.logs.tailer import TailState, give_back_memory, read_new
@@ -73,11 +73,22 @@ def _hang_hint(matches: Sequence[LogMatch], last_line: int, earlier: dict[str, A
     return None
 
 
-def worth_a_pass(matches: Sequence[LogMatch], unread: int) -> bool:
+def worth_a_pass(matches: Sequence[LogMatch], unread: int, names_nodes: Collection[str] = ()) -> bool:
     """Whether a log's new lines call for stepping its run now rather than at the interval pass: they hold a
     match the core acts on (a finish, or a line that decides a reaction), or more than PEEK_LIMIT bytes of
-    the log are unread. Hang hints and ``ignore`` matches wait: a hint only matters once the log has stopped."""
-    return unread > PEEK_LIMIT or bool(verdict.read(matches).matches)
+    the log are unread. Hang hints and ``ignore`` matches wait: a hint only matters once the log has stopped.
+
+    A line that would exclude a node but names none waits too when its signature has a line that names the
+    node (``names_nodes``): slurmstepd's ``*** JOB n ON host CANCELLED ... DUE TO NODE FAILURE ***`` names
+    the batch host, and srun's ``Node failure on NODE`` (the dead node) may be written a moment later.
+    SLURM is ending the job already; the next peek that finds srun's line, or the interval pass, reads both."""
+    if unread > PEEK_LIMIT:
+        return True
+    reading = verdict.read(matches)
+    cause = reading.cause
+    waits = cause is not None and cause.action is SignatureAction.RESUBMIT_EXCLUDE_NODE and cause.node is None \
+        and cause.signature in names_nodes
+    return bool(reading.finishes) or (cause is not None and not waits)
 
 
 @dataclass(frozen=True)
@@ -190,7 +201,7 @@ class LogWatcher:
             matches.extend(scanner.scan_chunk(data, state.next_line).matches)
             unread += len(data)
             state = new_state
-        if worth_a_pass(matches, unread):
+        if worth_a_pass(matches, unread, scanner.names_nodes):
             self._peeked.pop(cursor.path, None)
             return True
         self._peeked[cursor.path] = _Peeked(stored=cursor.tail, state=state, unread=unread)

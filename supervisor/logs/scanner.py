@@ -114,6 +114,10 @@ class Catalogue:
         """engine: "auto" (Hyperscan when importable), "hyperscan" (required) or "regex"."""
         self.signatures: tuple[CompiledSignature, ...] = tuple(compile_signature(s) for s in specs)
         self._by_name = {sig.name: sig for sig in self.signatures}
+        # Signatures with a line that names the node (srun's "Node failure on NODE"): a line of theirs that
+        # names none may be followed by one that does.
+        self.names_nodes = frozenset(sig.name for sig in self.signatures
+                                     if any("(?P<node>" in pattern for pattern in sig.spec.patterns))
         self.max_per_signature = max_per_signature
         probes: list[Probe] = []
         for index, sig in enumerate(self.signatures):
