@@ -136,6 +136,21 @@ def test_an_unnamed_failure_excludes_the_allocations_one_node_the_scheduler_mark
     assert "marks down" in str(signature_data(actions)["exclusion"])
 
 
+def test_a_job_releasing_its_nodes_is_judged_on_the_allocation_it_ran_on() -> None:
+    """squeue lists a COMPLETING job's remaining nodes only: node02 died, `node[01-03]` reads `node[01,03]`
+    (seen on the dev cluster). The dead node is still the allocation's one node marked down."""
+    started = AttemptView(number=1, state=AttemptState.RUNNING, job_id="101", started_at=T0, nodes="node[01-03]")
+    job = JobInfo(job_id="101", name="t", phase=JobPhase.RUNNING, nodes="node[01,03]", raw_state="COMPLETING")
+    unnamed = (LogMatch("slurm_node_failure", EXCLUDE, 4,
+                        "*** JOB 101 ON node01 CANCELLED AT 2026-12-03T09:33:55 DUE TO NODE FAILURE ***"),)
+    assert core.wants_down_nodes(started, job, unnamed) == ("node01", "node02", "node03")
+    actions = decide(run_of(started), Observation(job=job, matches=unnamed, down_nodes=frozenset({"node02"})))
+    assert excluded(actions) == ["node02"]
+    # Nor is the attempt's recorded allocation narrowed to what the job still holds.
+    updates = [a.changes.nodes for a in actions if isinstance(a, core.UpdateAttempt)]
+    assert all(nodes in (None, "node[01-03]") for nodes in updates), updates
+
+
 def test_two_nodes_down_in_the_allocation_are_no_evidence_against_either() -> None:
     assert excluded(decide(run_of(running()), on("node[01-03]", down=frozenset({"node02", "node03"})))) == []
 

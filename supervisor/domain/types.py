@@ -108,6 +108,12 @@ class JobInfo:
     end_time: datetime | None = None
     excluded_nodes: str | None = None
 
+    @property
+    def releasing_nodes(self) -> bool:
+        """SLURM's COMPLETING: the job ended and gives its nodes back one by one, so ``nodes`` shrinks (a dead
+        node is dropped first: ``node[01-03]`` reads ``node[01,03]`` once node02 failed)."""
+        return self.raw_state.upper().startswith("COMPLETING")
+
 
 @dataclass(frozen=True)
 class SubmitRequest:

@@ -53,8 +53,10 @@ class Judgement:
 
 
 def allocation(attempt: AttemptView, job: JobInfo | None) -> tuple[str, ...]:
-    """The attempt's nodes, one name each; empty while unknown (or when SLURM printed no valid host list)."""
-    nodes = (job.nodes if job is not None else None) or attempt.nodes
+    """The attempt's nodes, one name each; empty while unknown (or when SLURM printed no valid host list).
+    A job releasing its nodes lists only those it still holds: the nodes recorded while it ran come first."""
+    polled = job.nodes if job is not None else None
+    nodes = (attempt.nodes or polled) if job is not None and job.releasing_nodes else (polled or attempt.nodes)
     if not nodes:
         return ()
     try:

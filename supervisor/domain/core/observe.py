@@ -155,7 +155,9 @@ def _facts(
     if obs.loss is not None:
         changes = changes.merged(loss=obs.loss)
     if job is not None:
-        if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING:
+        # A job releasing its nodes lists fewer of them: the allocation is the one recorded while it ran.
+        releasing = job.releasing_nodes and attempt.nodes
+        if job.nodes and job.nodes != attempt.nodes and job.phase is not JobPhase.PENDING and not releasing:
             changes = changes.merged(nodes=job.nodes)
         changes = changes.merged(reason=job.reason)
         if job.phase is JobPhase.RUNNING and attempt.state is AttemptState.QUEUED:
