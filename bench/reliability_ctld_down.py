@@ -43,10 +43,12 @@ from reliability_kill import (
     KINDS,
     Receiver,
     Sinks,
+    cancel_leftovers,
     check,
     cluster_jobs,
     load_average,
     pending_outbox,
+    print_outcome,
     print_problems,
     run_spec,
 )
@@ -152,9 +154,7 @@ def main() -> int:
             cluster("start-ctld")
         h.close()
         sinks.stop()
-        leftovers = [i for ids in cluster_jobs(prefix, window_start).values() for i in ids]
-        if leftovers:
-            subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+        cancel_leftovers(prefix, window_start)
 
     calls = client_calls(calls_log)
     during = [c for c in calls if stopped_at <= c[0] < restarted_at]
@@ -163,7 +163,6 @@ def main() -> int:
     outage_lines = log_bytes[log_at_stop:log_at_restart].decode(errors="replace").splitlines()
     warnings = [line for line in outage_lines if WARNING.search(line)]
     by_event = Counter(m.group(1) for line in warnings if (m := re.search(r'"event":\s*"([^"]+)"', line)))
-    f = found.figures
     print()
     print(f"outage              {outage:.0f}s (slurmctld stopped, state dir kept)")
     print(f"first poll after    {f'{first_ok - restarted_at:.1f}s' if first_ok else 'none'} from start-ctld run to "
@@ -174,12 +173,7 @@ def main() -> int:
     print(f"warnings in outage  {len(warnings)} daemon log lines at warning or above "
           f"({', '.join(f'{k} {v}' for k, v in by_event.most_common()) or '-'})")
     print(f"daemon              {'stayed up' if daemon_up_through else 'DIED'} through the outage; exited {code}")
-    by_kind = sorted(Counter(kinds.values()).items())
-    print(f"runs                {len(kinds)} ({', '.join(f'{k} {v}' for k, v in by_kind)})")
-    print(f"jobs                {f['jobs']} on the cluster, {f['attempts']} attempts recorded")
-    print(f"events              {f['events']} ({f['notifying events']} of notifying kinds)")
-    print(f"webhook             {len(sinks.receiver.received)} documents received "
-          f"({f['redelivered (same id)']} again with the same id), {f['outbox entries webhook']} outbox entries")
+    print_outcome(kinds, found, sinks)
     print(f"wall time           {wall:.0f}s")
     print(f"load average        {load_average()}")
     print()

@@ -46,10 +46,12 @@ from reliability_kill import (
     KINDS,
     Receiver,
     Sinks,
+    cancel_leftovers,
     check,
     cluster_jobs,
     load_average,
     pending_outbox,
+    print_outcome,
     print_problems,
     run_spec,
 )
@@ -146,9 +148,7 @@ def main() -> int:
     finally:
         h.close()
         sinks.stop()
-        leftovers = [i for ids in cluster_jobs(prefix, window_start).values() for i in ids]
-        if leftovers:
-            subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+        cancel_leftovers(prefix, window_start)
         subprocess.run(["umount", "-l", str(h.home)], capture_output=True, check=False)
 
     full_lines = h.daemon_log.read_bytes()[log_at_full:log_at_free].decode(errors="replace").splitlines()
@@ -159,19 +159,13 @@ def main() -> int:
     problems["read failed on full disk"] = [] if read.code == 0 else [f"status exited {read.code}: {read.err}"]
     problems["write not one clear line"] = [] if (write.code, write.err.strip().splitlines()) == (1, expected_write) \
         else [f"pause exited {write.code}: {write.err.strip()!r}"]
-    f = found.figures
     print()
     print(f"full                {args.full:.0f}s (tmpfs {args.size} filled to the last byte)")
     print(f"daemon said         {len(said)} 'disk full at {h.home}' lines, {len(warnings)} warning lines in all")
     print(f"read / write        status exit {read.code}; pause exit {write.code}: {write.err.strip()!r}")
     print(f"writing again       {writing_again:.1f}s after the space was back (the next event recorded)")
     print(f"every run ended     {all_ended:.0f}s after the space was back")
-    by_kind = sorted(Counter(kinds.values()).items())
-    print(f"runs                {len(kinds)} ({', '.join(f'{k} {v}' for k, v in by_kind)})")
-    print(f"jobs                {f['jobs']} on the cluster, {f['attempts']} attempts recorded")
-    print(f"events              {f['events']} ({f['notifying events']} of notifying kinds)")
-    print(f"webhook             {len(sinks.receiver.received)} documents received "
-          f"({f['redelivered (same id)']} again with the same id), {f['outbox entries webhook']} outbox entries")
+    print_outcome(kinds, found, sinks)
     print(f"wall time           {wall:.0f}s")
     print(f"load average        {load_average()}")
     print()

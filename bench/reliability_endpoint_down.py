@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -173,9 +172,7 @@ def main() -> int:
     finally:
         c.h.close()
         sinks.stop()
-        leftovers = [i for ids in rk.cluster_jobs(c.prefix, window_start).values() for i in ids]
-        if leftovers:
-            subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+        rk.cancel_leftovers(c.prefix, window_start)
     return 0 if report(c, found, entries, during, gate, drained_after, log_lines, wall, code,
                        down_at, up_at, args.outage) else 1
 

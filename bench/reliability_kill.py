@@ -667,21 +667,18 @@ class Campaign:
         return self.h.stop_daemon()
 
 
-def report(c: Campaign, found: Findings, kills: int, wall: float, kill_phase: float, code: int | None) -> bool:
-    by_kind = Counter(c.kinds.values())
+def print_outcome(kinds: dict[str, str], found: Findings, sinks: Sinks) -> None:
+    """The runs by kind, the jobs, the events and what each channel received."""
+    by_kind = Counter(kinds.values())
     f = found.figures
-    adopted = sum('"adopted"' in line for line in c.h.daemon_log.read_text(errors="replace").splitlines())
-    print()
-    print(f"channels            {', '.join(c.sinks.channels)}")
-    print(f"kills done          {kills} ({', '.join(f'{k} {v}' for k, v in c.phases.most_common())})")
-    print(f"runs                {len(c.kinds)} ({', '.join(f'{k} {by_kind[k]}' for k in sorted(by_kind))})")
+    print(f"runs                {len(kinds)} ({', '.join(f'{k} {by_kind[k]}' for k in sorted(by_kind))})")
     print(f"jobs                {f['jobs']} on the cluster, {f['attempts']} attempts recorded")
     print(f"events              {f['events']} ({f['notifying events']} of notifying kinds)")
-    if c.sinks.receiver is not None:
-        print(f"webhook             {len(c.sinks.receiver.received)} documents received "
+    if sinks.receiver is not None:
+        print(f"webhook             {len(sinks.receiver.received)} documents received "
               f"({f['redelivered (same id)']} of them again with the same id), "
               f"{f['outbox entries webhook']} outbox entries")
-    if c.sinks.relay is not None:
+    if sinks.relay is not None:
         print(f"matrix              {f['room messages']} room messages ({f['room messages without our key']} "
               f"without our key), {f['outbox entries matrix']} outbox entries; {f['matrix PUTs']} PUTs through "
               f"the relay for {f['matrix txnIds']} txnIds")
@@ -689,6 +686,21 @@ def report(c: Campaign, found: Findings, kills: int, wall: float, kill_phase: fl
               f"kill, {f['same-txnId resends, no kill between']} with no kill between; "
               f"{f['same-txnId resends of a message Synapse had accepted']} of a message Synapse had accepted; "
               f"{f['txnIds answered with two event ids']} txnIds answered with two event ids)")
+
+
+def cancel_leftovers(prefix: str, since: datetime) -> None:
+    """scancel whatever job of ours is still on the cluster (a run that failed its checks may leave some)."""
+    leftovers = [i for ids in cluster_jobs(prefix, since).values() for i in ids]
+    if leftovers:
+        subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+
+
+def report(c: Campaign, found: Findings, kills: int, wall: float, kill_phase: float, code: int | None) -> bool:
+    adopted = sum('"adopted"' in line for line in c.h.daemon_log.read_text(errors="replace").splitlines())
+    print()
+    print(f"channels            {', '.join(c.sinks.channels)}")
+    print(f"kills done          {kills} ({', '.join(f'{k} {v}' for k, v in c.phases.most_common())})")
+    print_outcome(c.kinds, found, c.sinks)
     print(f"adopted after kill  {adopted} (a job found on the cluster for an attempt left submitting)")
     print(f"wall time           {wall:.0f}s (kill phase {kill_phase:.0f}s); last daemon exited {code}")
     print(f"load average        {load_average()}")
@@ -754,9 +766,7 @@ def main() -> int:
     finally:
         c.h.close()
         sinks.stop()
-        leftovers = [i for ids in cluster_jobs(c.prefix, window_start).values() for i in ids]
-        if leftovers:
-            subprocess.run(["scancel", *leftovers], capture_output=True, timeout=60, check=False)
+        cancel_leftovers(c.prefix, window_start)
     return 0 if report(c, found, args.kills, wall, kill_phase, code) else 1
 
 
