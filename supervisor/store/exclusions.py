@@ -25,9 +25,17 @@ EXCLUDE_FOR = timedelta(hours=24)
 def in_force(session: Session, run_id: int, now: datetime) -> tuple[str, ...]:
     """The run's exclusions in force, as plain node names (a row an older version wrote as a whole
     allocation's host list, or a host no node is called, is never passed to sbatch)."""
-    return tuple(sorted(n for n in session.scalars(
-        select(ExcludedNode.node).where(ExcludedNode.run_id == run_id, ExcludedNode.until > now))
-        if hostlist.is_node_name(n)))
+    return in_force_by_run(session, [run_id], now).get(run_id, ())
+
+
+def in_force_by_run(session: Session, run_ids: Sequence[int], now: datetime) -> dict[int, tuple[str, ...]]:
+    """:func:`in_force` of many runs in one query; a run with none in force is absent."""
+    found: dict[int, list[str]] = {}
+    for run_id, node in session.execute(select(ExcludedNode.run_id, ExcludedNode.node).where(
+            ExcludedNode.run_id.in_(list(run_ids)), ExcludedNode.until > now)):
+        if hostlist.is_node_name(node):
+            found.setdefault(run_id, []).append(node)
+    return {run_id: tuple(sorted(nodes)) for run_id, nodes in found.items()}
 
 
 def record(repo: Repository, session: Session, run: Run, action: core.ExcludeNode, now: datetime) -> None:

@@ -93,20 +93,26 @@ class Repository:
                     wanted.setdefault(backend, []).append(job_id)
         return wanted
 
-    def view(self, session: Session, run: Run, limits: Mapping[str, int] | None = None) -> core.RunView:
+    def view(self, session: Session, run: Run, limits: Mapping[str, int] | None = None,
+             excluded: tuple[str, ...] | None = None) -> core.RunView:
+        """What the core decides on; ``excluded``: the run's exclusions in force, when read already.
+
+        The attempts are ``stage.attempts``: loaded for many runs at once when the caller asked for them
+        (supervisor.app.observe.Observer.snapshots), else one query per stage."""
         # The numbers the core needs are read from the stored spec as it is, not re-validated: a spec that a
         # later version refuses (a run registered before a check existed) can still be seen and cancelled.
         stage_specs = {s.get("name"): s for s in run.spec.get("stages", []) if isinstance(s, dict)}
         stages = []
         for stage in run.stages:
             s = _stage_numbers(stage_specs.get(stage.name, {}))
-            attempts = tuple(attempt_view(a) for a in attempts_of(session, stage))
+            attempts = tuple(attempt_view(a) for a in stage.attempts)
             stages.append(core.StageView(
                 name=stage.name, state=StageState(stage.state), budget_start=stage.budget_start, attempts=attempts,
                 **s,
             ))
         cap = run.spec.get("max_excluded_nodes", RunSpec.model_fields["max_excluded_nodes"].default)
-        excluded = exclusions.in_force(session, run.id, self.clock.now())
+        if excluded is None:
+            excluded = exclusions.in_force(session, run.id, self.clock.now())
         return core.RunView(name=run.name, state=RunState(run.state), stages=tuple(stages),
                             resubmit_limits=dict(limits or {}), excluded_nodes=excluded,
                             max_excluded_nodes=cap if isinstance(cap, int) else MAX_EXCLUDED_NODES)
