@@ -7,7 +7,7 @@ only a run whose new lines call for a reaction is stepped at once; the others wa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from supervisor.logs.follow import LogCursor, LogWatcher
 from supervisor.logs.scanner import Catalogue
+from supervisor.store.db import Commits
 from supervisor.store.models import Attempt, Run, Stage
 from supervisor.store.repository import ACTIVE, POLLED
 
@@ -27,6 +28,9 @@ class WakeUps:
     def __init__(self, sessions: sessionmaker[Session], logs: LogWatcher) -> None:
         self.sessions = sessions
         self.logs = logs
+        self.commits = Commits(sessions)
+        # The last rows read, with the data version they were read at.
+        self._kept: tuple[int, list[tuple[int, str | None, dict[str, Any] | None]]] | None = None
         # Per active run, its name and `signatures:` (for the peek at its logs).
         self._signatures: dict[int, tuple[str, list[Mapping[str, Any]]]] = {}
         # Every active run with its live attempts' logs (none: one row of NULLs). Built once: building the
@@ -36,12 +40,25 @@ class WakeUps:
             .outerjoin(Attempt, and_(Attempt.stage_id == Stage.id, Attempt.state.in_(_POLLED)))
             .where(Run.state.in_(_ACTIVE)).order_by(Run.id))
 
+    def _rows(self) -> Sequence[tuple[int, str | None, dict[str, Any] | None]]:
+        """Every active run with its live attempts' logs and their stored offsets: read again only when
+        somebody committed since the last read (store.db.Commits). Between two interval passes nothing is
+        written unless a run was stepped, so most wake-ups and log checks cost no query and no JSON decoding."""
+        version = self.commits.version()  # before the query: a commit during it is seen next time
+        kept = self._kept
+        if version is not None and kept is not None and kept[0] == version:
+            return kept[1]
+        with self.sessions() as session:
+            rows = [(run_id, path, tail) for run_id, path, tail in session.execute(self._live_logs)]
+        self._kept = None if version is None else (version, rows)
+        return rows
+
     def news(self) -> list[int]:
         """The active runs a log wake-up steps: those with a live log whose new lines are worth a pass
         (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
-        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. One query."""
-        with self.sessions() as session:
-            rows = session.execute(self._live_logs).all()
+        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. At most
+        one query."""
+        rows = self._rows()
         run_ids = list(dict.fromkeys(run_id for run_id, _, _ in rows))
         self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
         worth: set[int] = set()
@@ -72,9 +89,6 @@ class WakeUps:
 
     def logs_grew(self) -> bool:
         """Whether a live attempt's log changed since it was read: the daemon's test before a log-only pass
-        where inotify sees nothing (Lustre, GPFS, NFS). One read of the offsets, one ``stat`` per log."""
-        with self.sessions() as session:
-            cursors = [LogCursor(path, tail, None) for path, tail in session.execute(
-                select(Attempt.log_path, Attempt.log_tail).join(Stage).join(Run)
-                .where(Attempt.state.in_(_POLLED), Run.state.in_(_ACTIVE)))]
-        return self.logs.grown(cursors)
+        where inotify sees nothing (Lustre, GPFS, NFS). The offsets as :meth:`news` reads them, one ``stat``
+        per log."""
+        return self.logs.grown(LogCursor(path, tail, None) for _, path, tail in self._rows() if path)

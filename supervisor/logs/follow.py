@@ -17,6 +17,7 @@ failure line or a finish comes as quickly as before.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -221,11 +222,12 @@ class LogWatcher:
             if not cursor.path or "%j" in cursor.path:
                 continue
             try:
-                st = Path(cursor.path).stat()
+                st = os.stat(cursor.path)  # noqa: PTH116 - no Path object per log per check
             except OSError:
                 continue  # not created yet, or its filesystem is away: the poll's pass reports that
-            state = TailState.from_dict(cursor.tail) if cursor.tail else TailState(Path(cursor.path))
-            if st.st_size == state.offset and st.st_ino == (state.inode or st.st_ino):
+            # The stored TailState's two fields, read from its dict: a hundred logs every --log-poll.
+            offset, inode = (cursor.tail.get("offset", 0), cursor.tail.get("inode")) if cursor.tail else (0, None)
+            if st.st_size == offset and st.st_ino == (inode or st.st_ino):
                 continue
             announced[cursor.path] = st.st_size
             if self._announced.get(cursor.path) != st.st_size:

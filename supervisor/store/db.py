@@ -15,11 +15,13 @@ import errno
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import structlog
 from sqlalchemy import Engine, create_engine, event
@@ -40,8 +42,8 @@ from supervisor.store.sqlitefile import (
 )
 from supervisor.store.statedir import make_private_dir
 
-__all__ = ["BUSY_TIMEOUT_MS", "DB_NAME", "JOURNAL_ENV", "JOURNAL_MODES", "create_db_engine", "current_revision",
-           "head_revision", "journal_mode_for", "migrate", "migration_lock", "open_database",
+__all__ = ["BUSY_TIMEOUT_MS", "DB_NAME", "JOURNAL_ENV", "JOURNAL_MODES", "Commits", "create_db_engine",
+           "current_revision", "head_revision", "journal_mode_for", "migrate", "migration_lock", "open_database",
            "plain_connection", "transactional_ddl_engine"]
 
 if TYPE_CHECKING:
@@ -223,3 +225,37 @@ def open_database(home: Path, *, create: bool = True) -> sessionmaker[Session]:
     engine = create_db_engine(path)
     migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class Commits:
+    """Whether anybody committed to the database since the last look: ``PRAGMA data_version`` on a connection
+    kept for nothing else, whose value changes with every commit made on any other connection, those of this
+    process's pool, the CLI's and another host's included. Lets the daemon's checks between polls keep what
+    they read while nothing was written. Always "changed" for a database that is no file."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        bound = sessions.kw["bind"]
+        assert isinstance(bound, Engine)
+        self._path = bound.url.database
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def version(self) -> int | None:
+        """The database's data version now; None when it cannot be told (then nothing may be kept)."""
+        if not self._path or self._path == ":memory:":
+            return None
+        with self._lock:
+            try:
+                if self._conn is None:
+                    # Read-only and in autocommit: it never takes a lock another connection would wait for.
+                    self._conn = sqlite3.connect(f"file:{quote(self._path)}?mode=ro", uri=True,
+                                                 check_same_thread=False, isolation_level=None)
+                return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error:
+                self.close()
+                return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
