@@ -85,7 +85,7 @@ def test_one_pass_reads_all_its_runs_in_the_same_few_queries(tmp_path: Path) -> 
 def test_a_run_read_with_the_others_is_seen_as_when_read_alone(tmp_path: Path) -> None:
     sv = supervisor_with_runs(tmp_path, ["a", "b", "c"])
     with sv.sessions.begin() as session:
-        b = session.scalar(select(Run.id).where(Run.name == "b"))
+        b = session.scalars(select(Run.id).where(Run.name == "b")).one()
         now = sv.now()
         session.add_all([ExcludedNode(run_id=b, node="node07", reason="ECC", until=now + timedelta(hours=1)),
                          ExcludedNode(run_id=b, node="node03", reason="ECC", until=now + timedelta(hours=1)),
