@@ -391,3 +391,31 @@ def test_a_finished_job_that_goes_quiet_is_ended_after_the_finish_grace() -> Non
     busy = RunView("r", RunState.RUNNING, (stage("train", attempts=(running(last_output_at=T0),),
                                                  finish_grace=180.0),))
     assert core.observe(busy, {("train", 1): Observation()}, T0 + timedelta(seconds=600)) == []
+
+
+def test_only_progress_leaves_what_advance_decides_as_it_was() -> None:
+    """The service skips reading a run again after recording progress alone (core.moves_the_run): for runs
+    whose last attempt ended in every way advance tells apart, changing the attempt's progress columns that
+    the view holds changes nothing advance decides."""
+    later = T0 + timedelta(hours=2)
+    ended = [
+        AttemptView(number=1, state=AttemptState.SUCCEEDED, ended_at=T0),
+        AttemptView(number=1, state=AttemptState.FAILED, ended_at=T0, cause="nccl_error"),
+        AttemptView(number=1, state=AttemptState.CANCELLED, ended_at=T0, outcome=Outcome.FAIL, cause="cuda_oom"),
+        AttemptView(number=1, state=AttemptState.CANCELLED, ended_at=T0, outcome=Outcome.OPERATOR),
+        running(),
+    ]
+    for attempt in ended:
+        run = RunView("r", RunState.RUNNING, (stage("a", attempts=(attempt,), max_attempts=1), stage("b")))
+        progressed = AttemptView(**{**attempt.__dict__, "last_output_at": later, "first_step_at": later,
+                                    "progress_total": 1000})
+        moved = RunView("r", RunState.RUNNING, (stage("a", attempts=(progressed,), max_attempts=1), stage("b")))
+        assert core.advance(moved, later) == core.advance(run, later)
+
+    progress = core.UpdateAttempt("a", 1, core.AttemptChanges(last_output_at=later, progress_step=5, loss=1.5))
+    assert core.moves_the_run([progress]) is False
+    assert core.moves_the_run([]) is False
+    for changes in (core.AttemptChanges(state=AttemptState.FAILED), core.AttemptChanges(saved_mark="m"),
+                    core.AttemptChanges(reason="Priority"), core.AttemptChanges(ended_at=later, progress_step=5)):
+        assert core.moves_the_run([progress, core.UpdateAttempt("a", 1, changes)]) is True
+    assert core.moves_the_run([core.Emit(EventKind.MILESTONE, "m")]) is True

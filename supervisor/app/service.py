@@ -135,9 +135,10 @@ class Supervisor:
             return 0
         total = len(actions)
         # Closing a stage can start the next one: advance until nothing more is due (bounded by the stages).
-        # Nothing recorded yet: the run is still as observed, and reading it again is most of an idle pass.
+        # Nothing recorded yet, or only log offsets and progress (core.moves_the_run): the run is as observed
+        # for `advance`, and reading it again would be most of the pass of a run whose log only grew.
         view = seen.view
-        changed = bool(actions or seen.tails)
+        changed = core.moves_the_run(actions)
         for _ in range(len(seen.view.stages) + 2):
             if changed:
                 view = self._view(run_id)

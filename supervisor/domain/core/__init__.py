@@ -24,7 +24,7 @@ from supervisor.domain.core.actions import (
     Submit,
     UpdateAttempt,
 )
-from supervisor.domain.core.advance import advance, backoff
+from supervisor.domain.core.advance import PROGRESS_COLUMNS, advance, backoff, moves_the_run
 from supervisor.domain.core.commands import cancel, pause, resume, retry
 from supervisor.domain.core.observe import VANISHED_AFTER, observe, wants_down_nodes, wants_job_nodes
 from supervisor.domain.core.views import (
@@ -39,6 +39,7 @@ from supervisor.domain.core.views import (
 )
 
 __all__ = [
+    "PROGRESS_COLUMNS",
     "VANISHED_AFTER",
     "Action",
     "AttemptChanges",
@@ -62,6 +63,7 @@ __all__ = [
     "advance",
     "backoff",
     "cancel",
+    "moves_the_run",
     "observe",
     "pause",
     "resume",

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from supervisor.domain.core.actions import Action, Emit, Outcome, SetRun, SetStage, Submit
+from supervisor.domain.core.actions import Action, Emit, Outcome, SetRun, SetStage, Submit, UpdateAttempt
 from supervisor.domain.core.views import AttemptView, RunView, Sharing, StageView, budget_use
 from supervisor.domain.policy import Backoff
 from supervisor.domain.types import AttemptState, EventKind, RunState, StageState
 
 # A resubmission never waits longer than this, however often the stage failed.
 MAX_RETRY_WAIT_S = 3600.0
+# An attempt's columns that only record how far its job has come. No rule below reads them (nor
+# budget_use): recording a change of only these leaves what `advance` decides as it was.
+PROGRESS_COLUMNS = frozenset({"last_output_at", "first_step_at", "progress_step", "progress_total", "first_step",
+                              "progress_at", "loss"})
+
+
+def moves_the_run(actions: Sequence[Action]) -> bool:
+    """Whether recording ``actions`` can change what :func:`advance` decides next: anything but updates of
+    PROGRESS_COLUMNS (a log that moved a progress bar or printed a loss) can."""
+    return any(not isinstance(a, UpdateAttempt) or not a.changes.items().keys() <= PROGRESS_COLUMNS
+               for a in actions)
 
 
 def backoff(stage: StageView) -> float:
