@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from supervisor.domain.types import Progress
 from supervisor.logs.diagnose import diagnose, scan_file
@@ -126,7 +131,10 @@ def test_missing_file_raises(tmp_path: Path, catalogue: Catalogue) -> None:
         diagnose(tmp_path / "absent.log", catalogue)
 
 
-def test_watcher_wakes_on_write_and_follows_the_watch_set(tmp_path: Path) -> None:
+@pytest.mark.parametrize("observer", [None, Observer], ids=["shared-reader", "observer"])
+def test_watcher_wakes_on_write_and_follows_the_watch_set(
+    tmp_path: Path, observer: Callable[[], BaseObserver] | None,
+) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     changed: list[Path] = []
@@ -136,7 +144,7 @@ def test_watcher_wakes_on_write_and_follows_the_watch_set(tmp_path: Path) -> Non
         changed.append(path)
         seen.set()
 
-    with LogDirWatcher(on_change) as watcher:
+    with LogDirWatcher(on_change, observer_factory=observer) as watcher:
         watcher.set_dirs([a, b])
         assert watcher.watched == {a.resolve()}
         assert b.resolve() in watcher.unwatched
@@ -148,3 +156,35 @@ def test_watcher_wakes_on_write_and_follows_the_watch_set(tmp_path: Path) -> Non
         watcher.set_dirs([b])
         assert watcher.watched == {b.resolve()}
         assert watcher.unwatched == {}
+
+
+def test_watcher_wakes_for_a_log_directory_deleted_and_made_again(tmp_path: Path) -> None:
+    """On the shared inotify reader a deleted directory's watch is gone; the next set_dirs watches the new one."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    changed: list[Path] = []
+    seen = threading.Event()
+
+    def on_change(path: Path) -> None:
+        changed.append(path)
+        seen.set()
+
+    with LogDirWatcher(on_change) as watcher:
+        watcher.set_dirs([logs])
+        (logs / "old.log").write_text("x\n")
+        assert seen.wait(10)
+        shutil.rmtree(logs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the kernel's IN_IGNORED reaches the reader thread
+            watcher.set_dirs([logs])
+            if logs.resolve() in watcher.unwatched:
+                break
+            time.sleep(0.05)
+        assert logs.resolve() in watcher.unwatched
+        logs.mkdir()
+        watcher.set_dirs([logs])
+        assert watcher.watched == {logs.resolve()}
+        seen.clear()
+        (logs / "new.log").write_text("y\n")
+        assert seen.wait(10)
+        assert changed[-1].name == "new.log"
