@@ -43,7 +43,7 @@ def measure(kind: str, dirs: list[Path], seconds: float) -> tuple[float, int]:
 
     told = [0]
 
-    def on_change(_path: Path) -> None:
+    def on_change(_path: Path | None) -> None:
         told[0] += 1
 
     watcher = LogDirWatcher(on_change, observer_factory=Observer if kind == "observer" else None)

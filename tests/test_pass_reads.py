@@ -7,6 +7,7 @@ with SQLAlchemy's ``before_cursor_execute`` event on the daemon's own engine.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -142,3 +143,29 @@ def test_a_stored_offset_moved_by_a_pass_is_what_the_next_log_check_compares(tmp
     assert sv.logs_grew() is False
     log.write_text("step 1\nstep 2\n")
     assert sv.logs_grew() is True
+
+
+def test_a_wake_up_peeks_at_the_logs_inotify_named_and_the_cadence_at_all(tmp_path: Path) -> None:
+    sv = supervisor_with_runs(tmp_path, ["quiet", "loud"])
+    with sv.sessions() as session:
+        logs = dict(session.execute(select(Run.name, Attempt.log_path).join(Stage, Stage.run_id == Run.id)
+                                    .join(Attempt, Attempt.stage_id == Stage.id)).all())
+        ids = dict(session.execute(select(Run.name, Run.id)).all())
+    quiet, loud = Path(logs["quiet"] or ""), Path(logs["loud"] or "")
+    for log in (quiet, loud):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+    told = threading.Event()
+    sv.logs.start(told.set)
+    try:
+        sv.logs.watch({loud.parent})  # the quiet run's directory is one inotify does not see (another node's NFS)
+        assert sv.wakeups.news() == []  # the first pass peeks at every log
+        quiet.write_text("torch.OutOfMemoryError: CUDA out of memory.\n")
+        told.clear()
+        loud.write_text("  5%|#         | 50/1000 [00:10<03:10,  5.00it/s]\n")
+        assert told.wait(10)
+        assert sv.wakeups.news() == []  # only the named log was peeked at, and it only moved a bar
+        sv.logs.peek_all_next()  # what the --log-poll cadence asks every few seconds
+        assert sv.wakeups.news() == [ids["quiet"]]
+    finally:
+        sv.logs.stop()

@@ -135,7 +135,8 @@ class Daemon:
 
     def check_logs(self) -> None:
         """The log cadence: a log-only pass when a live log grew, and nothing at all (no read, no write)
-        when none did."""
+        when none did. The next wake-up pass peeks at every live log, not only those inotify named."""
+        self.supervisor.logs.peek_all_next()
         if self._tick_lock.locked() or self._last_wake > time.monotonic():
             return  # a pass is running or due: it reads whatever grew
         try:

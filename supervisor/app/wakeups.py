@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, select
@@ -56,9 +57,11 @@ class WakeUps:
     def news(self) -> list[int]:
         """The active runs a log wake-up steps: those with a live log whose new lines are worth a pass
         (supervisor.logs.follow.worth_a_pass), and those with no live log at all (between attempts, a new
-        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. At most
-        one query."""
+        run), whose pass reads nothing and may submit at once, as every wake-up pass did before. Only the logs
+        inotify named since the last pass are peeked at (LogWatcher.touched), all of them after the
+        ``--log-poll`` cadence asked. At most one query."""
         rows = self._rows()
+        touched = self.logs.touched()
         run_ids = list(dict.fromkeys(run_id for run_id, _, _ in rows))
         self._signatures = {r: self._signatures[r] for r in run_ids if r in self._signatures}
         worth: set[int] = set()
@@ -67,7 +70,7 @@ class WakeUps:
             if not path or "%j" in path:
                 continue
             logged.add(run_id)
-            if run_id in worth:
+            if run_id in worth or (touched is not None and Path(path).name not in touched):
                 continue
             try:
                 if self.logs.peek(LogCursor(path, tail, None), partial(self._catalogue, run_id)):

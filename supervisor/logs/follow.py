@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,10 @@ class LogWatcher:
         self._catalogue_limit = catalogues
         self._peeked: dict[str, _Peeked] = {}
         self._watcher: Any = None
+        # What inotify reported since the last wake-up pass took it (touched()), from its reader thread.
+        self._touch_lock = threading.Lock()
+        self._touched: set[str] = set()
+        self._everything = True
         # Per log, the size that last made grown() say yes: a partial last line stays unread (the stored
         # offset stays before it), and must not call for a pass every --log-poll until it is completed.
         self._announced: dict[str, int] = {}
@@ -237,10 +242,36 @@ class LogWatcher:
 
     # ---- inotify wake-ups --------------------------------------------------------------------------
 
+    def touched(self) -> frozenset[str] | None:
+        """The file names inotify reported since the last call: the logs a wake-up pass need peek at. None
+        (peek at all of them) without inotify, at the first call, after an inotify queue overflow, and after
+        :meth:`peek_all_next` (the daemon's ``--log-poll`` cadence: a log on a network filesystem, or outside
+        the watched directories, changes without an event). A name, not a path: a symlinked work directory's
+        events name the resolved directory; another run's log of the same name only costs one more peek."""
+        with self._touch_lock:
+            names, self._touched = self._touched, set()
+            everything, self._everything = self._everything, False
+        return None if everything or self._watcher is None else frozenset(names)
+
+    def peek_all_next(self) -> None:
+        with self._touch_lock:
+            self._everything = True
+
+    def _touch(self, path: Path | None) -> None:
+        with self._touch_lock:
+            if path is None:
+                self._everything = True
+            else:
+                self._touched.add(path.name)
+
     def start(self, wake: Callable[[], None]) -> None:
         from supervisor.logs.inotify import LogDirWatcher
 
-        self._watcher = LogDirWatcher(lambda _path: wake())
+        def changed(path: Path | None) -> None:
+            self._touch(path)
+            wake()
+
+        self._watcher = LogDirWatcher(changed)
         self._watcher.start()
 
     def watch(self, dirs: Iterable[Path]) -> None:

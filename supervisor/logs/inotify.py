@@ -51,7 +51,7 @@ _WAKE_EVENTS = (FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileClosedE
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, notify: Callable[[Path], None]) -> None:
+    def __init__(self, notify: Callable[[Path | None], None]) -> None:
         self._notify = notify
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -77,7 +77,7 @@ class _Reader:
     PACE_S = 0.1
     _BUFFER = 64 * 1024
 
-    def __init__(self, notify: Callable[[Path], None]) -> None:
+    def __init__(self, notify: Callable[[Path | None], None]) -> None:
         self._notify = notify
         fd = inotify_init()
         if fd == -1:
@@ -134,9 +134,7 @@ class _Reader:
             name = data[at + 16:at + 16 + length].rstrip(b"\0")
             at += 16 + length
             if mask & InotifyConstants.IN_Q_OVERFLOW:
-                # Events were lost: one wake-up makes a pass peek at every live log.
-                for directory in list(self._dirs.values())[:1]:
-                    self._notify(directory)
+                self._notify(None)  # events were lost: any log may have changed
             elif mask & InotifyConstants.IN_IGNORED:
                 self._dirs.pop(wd, None)
             elif mask & self.MASK and not mask & InotifyConstants.IN_ISDIR and (d := self._dirs.get(wd)) is not None:
@@ -153,7 +151,7 @@ class LogDirWatcher:
 
     def __init__(
         self,
-        on_change: Callable[[Path], None] | None = None,
+        on_change: Callable[[Path | None], None] | None = None,
         *,
         wake: threading.Event | None = None,
         observer_factory: Callable[[], BaseObserver] | None = None,
@@ -168,7 +166,7 @@ class LogDirWatcher:
         self._lock = threading.Lock()
         self.unwatched: dict[Path, str] = {}  # directory -> why it is left to polling
 
-    def _notify(self, path: Path) -> None:
+    def _notify(self, path: Path | None) -> None:
         self.wake.set()
         if self._on_change is not None:
             self._on_change(path)
