@@ -207,6 +207,8 @@ class LogWatcher:
             matches.extend(scanner.scan_chunk(data, state.next_line).matches)
             unread += len(data)
             state = new_state
+            if not _changed(state):
+                break  # at the end: one stat instead of opening the file again to find nothing
         if worth_a_pass(matches, unread, scanner.names_nodes):
             self._peeked.pop(cursor.path, None)
             return True
