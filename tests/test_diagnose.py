@@ -131,28 +131,35 @@ def test_missing_file_raises(tmp_path: Path, catalogue: Catalogue) -> None:
         diagnose(tmp_path / "absent.log", catalogue)
 
 
-@pytest.mark.parametrize("observer", [None, Observer], ids=["shared-reader", "observer"])
+class Told:
+    """The changes a LogDirWatcher reports, and an event set by each."""
+
+    def __init__(self) -> None:
+        self.changed: list[Path] = []
+        self.seen = threading.Event()
+
+    def __call__(self, path: Path | None) -> None:
+        assert path is not None  # None: an inotify queue overflow
+        self.changed.append(path)
+        self.seen.set()
+
+
+@pytest.mark.parametrize("observer", [None, Observer], ids=["reader", "observer"])
 def test_watcher_wakes_on_write_and_follows_the_watch_set(
     tmp_path: Path, observer: Callable[[], BaseObserver] | None,
 ) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
-    changed: list[Path] = []
-    seen = threading.Event()
+    told = Told()
 
-    def on_change(path: Path | None) -> None:
-        assert path is not None  # None: an inotify queue overflow
-        changed.append(path)
-        seen.set()
-
-    with LogDirWatcher(on_change, observer_factory=observer) as watcher:
+    with LogDirWatcher(told, observer_factory=observer) as watcher:
         watcher.set_dirs([a, b])
         assert watcher.watched == {a.resolve()}
         assert b.resolve() in watcher.unwatched
         (a / "slurm-1.out").write_text("hello\n")
         assert watcher.wait(10)
-        assert seen.wait(10)
-        assert changed[0].name == "slurm-1.out"
+        assert told.seen.wait(10)
+        assert told.changed[0].name == "slurm-1.out"
         b.mkdir()
         watcher.set_dirs([b])
         assert watcher.watched == {b.resolve()}
@@ -160,21 +167,15 @@ def test_watcher_wakes_on_write_and_follows_the_watch_set(
 
 
 def test_watcher_wakes_for_a_log_directory_deleted_and_made_again(tmp_path: Path) -> None:
-    """On the shared inotify reader a deleted directory's watch is gone; the next set_dirs watches the new one."""
+    """On the inotify reader a deleted directory's watch is gone; the next set_dirs watches the new one."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    changed: list[Path] = []
-    seen = threading.Event()
+    told = Told()
 
-    def on_change(path: Path | None) -> None:
-        assert path is not None  # None: an inotify queue overflow
-        changed.append(path)
-        seen.set()
-
-    with LogDirWatcher(on_change) as watcher:
+    with LogDirWatcher(told) as watcher:
         watcher.set_dirs([logs])
         (logs / "old.log").write_text("x\n")
-        assert seen.wait(10)
+        assert told.seen.wait(10)
         shutil.rmtree(logs)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the kernel's IN_IGNORED reaches the reader thread
@@ -186,7 +187,7 @@ def test_watcher_wakes_for_a_log_directory_deleted_and_made_again(tmp_path: Path
         logs.mkdir()
         watcher.set_dirs([logs])
         assert watcher.watched == {logs.resolve()}
-        seen.clear()
+        told.seen.clear()
         (logs / "new.log").write_text("y\n")
-        assert seen.wait(10)
-        assert changed[-1].name == "new.log"
+        assert told.seen.wait(10)
+        assert told.changed[-1].name == "new.log"

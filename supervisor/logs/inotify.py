@@ -6,12 +6,12 @@ still polls every log on each tick. A directory that does not exist yet, or that
 
 On Linux every watched directory is a watch on one inotify descriptor, read by one thread of ours
 (``_Reader``) with watchdog's inotify bindings: at once after a quiet spell, at most every 0.1 s while
-events keep coming. watchdog's ``Observer`` runs an emitter
-thread per watched directory and a dispatcher thread, and every event crosses them; its shared reader
-(``InotifyFD``) still wakes once per event. For a hundred logs that each grow by a line a second, written at
-different moments, watchdog's Observer alone took 6.8 % of a core on the 2-CPU test machine, its shared reader
-3.0 %, this reader 0.15 % (measured side by side, 2026-12-03; docs/benchmarks.md). Elsewhere, or given an
-``observer_factory``, the Observer is used.
+events keep coming. watchdog's ``Observer`` runs an emitter thread per watched directory and a dispatcher
+thread, and every event crosses them; its shared reader (``InotifyFD``) still wakes once per event. For a
+hundred logs that each grow by a line a second, written at different moments, this reader took 0.42-0.58 % of
+a core on the 2-CPU test machine, watchdog's shared reader 3.0 % and its Observer 7.41 %
+(bench/inotify_load.py, 2026-12-03; docs/benchmarks.md). Elsewhere, or given an ``observer_factory``, the
+Observer is used.
 """
 
 from __future__ import annotations
